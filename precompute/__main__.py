@@ -1,0 +1,87 @@
+"""Command line: ``python -m precompute embed PATH [...]``.
+
+Errors the user can cause print one line and exit with code 2; nothing is written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import Task2VecError
+from .probes import DEFAULT_PROBE, available
+from .task2vec import DEFAULT_INPUT_SIZE, METHODS, TaskEmbedding
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m precompute",
+                                     description="TASK2VEC task embeddings and task libraries.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("embed", help="embed one task (class folders, a zip of them, or a path,label CSV)")
+    p.add_argument("path", help="task folder, .zip or .csv")
+    p.add_argument("--probe", default=DEFAULT_PROBE, choices=available())
+    p.add_argument("--weights", help="probe state-dict file (default: the installed weights)")
+    p.add_argument("--method", default="montecarlo", choices=METHODS)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE, help="image side in pixels")
+    p.add_argument("--samples", type=int, help="Fisher samples (default: one pass, 1,000-10,000)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--out", help="output .npz (default: <task>.task2vec.npz here)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _summary(e: TaskEmbedding, out: Path) -> str:
+    m = e.meta
+    v = e.values
+    counts = ", ".join(f"{n}" for n in m.get("class_counts", []))
+    lines = [
+        f"task        {m['task']}  ({m['num_images']} images, {m['num_classes']} classes"
+        + (f": {counts}" if counts else "") + ")",
+        f"probe       {e.probe}  input {m['input_size']} px  device {m['device']}",
+        f"method      {e.method}  seed {m['seed']}"
+        + (f"  samples {m['fisher_samples']} (batch {m['batch_size']})" if "fisher_samples" in m else ""),
+        f"embedding   {v.size} filters  L1 norm {e.norm:.4g}  min {v.min():.3g}  "
+        f"median {float(sorted(v)[v.size // 2]):.3g}  max {v.max():.3g}",
+        "time        " + "  ".join(f"{k.removesuffix('_s')} {s:.2f}s" for k, s in m["timings_s"].items()),
+        f"written     {out}",
+    ]
+    return "\n".join(lines)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .probes import create
+    from .task2vec import embed
+    from .tasks import load_task
+
+    out = Path(args.out) if args.out else Path(f"{Path(args.path).stem}.task2vec.npz")
+    if out.exists() and out.is_dir():
+        raise Task2VecError(f"--out {out} is a directory; give a file name")
+    if not out.parent.exists():
+        raise Task2VecError(f"output folder {out.parent} does not exist")
+    task = load_task(args.path, input_size=args.input_size, progress=not args.quiet)
+    probe = create(args.probe, weights=args.weights)
+    result = embed(task, probe, method=args.method, progress=not args.quiet, seed=args.seed,
+                   device=args.device, input_size=args.input_size,
+                   fisher_samples=args.samples, batch_size=args.batch_size)
+    result.meta["class_counts"] = task.class_counts()
+    result.save(out)
+    print(_summary(result, out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"embed": _embed}[args.command](args)
+    except Task2VecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""TASK2VEC embeddings: correctness against exact computations and the paper's properties."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from precompute import EmbedConfig, TaskEmbedding, distances, embed, embed_methods, probes
+from precompute.errors import Task2VecError
+from precompute.task2vec import _Embedder
+from precompute.tasks import task_from_arrays
+
+from conftest import SIDE, constant_task, tiny_probe
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return probes.create("efficientnet_lite0")
+
+
+def exact_fisher(probe, head, images: torch.Tensor) -> np.ndarray:
+    """Diagonal FIM by enumerating every label: E_x sum_y p(y|x) (d log p(y|x) / dw)^2."""
+    weights = [m.weight for _, m in probe.filter_layers()]
+    for w in weights:
+        w.requires_grad_(True)
+    acc = [torch.zeros_like(w) for w in weights]
+    for x in probe.normalize(images):
+        log_p = F.log_softmax(head(probe.backbone(x[None])), -1)[0]
+        for y, p in enumerate(log_p.exp().tolist()):
+            grads = torch.autograd.grad(log_p[y], weights, retain_graph=True)
+            for a, g in zip(acc, grads):
+                a += p * g.square()
+    for w in weights:
+        w.requires_grad_(False)
+    return torch.cat([(a.flatten(1).mean(1) if a.dim() > 1 else a) / len(images)
+                      for a in acc]).numpy()
+
+
+@pytest.mark.parametrize("batch_size, samples", [(4, 24_000), (32, 96_000)])
+def test_montecarlo_matches_exact_fisher(digits, batch_size, samples):
+    images, labels = digits
+    task = task_from_arrays(images[:60], labels[:60] % 3, input_size=SIDE)
+    run = _Embedder(task, tiny_probe(), EmbedConfig(input_size=SIDE, fisher_samples=samples,
+                                                    batch_size=batch_size), lambda *a: None)
+    features, _ = run._feature_pass(False)
+    head = run._train_head(features)
+    estimate = run._montecarlo_fisher(head)[0] - run._prior_term()
+    exact = exact_fisher(run.probe, head, task.images)
+    relative_error = np.linalg.norm(estimate - exact) / np.linalg.norm(exact)
+    assert relative_error < 0.05, relative_error
+    # a wrong scaling (e.g. forgetting the batch size) would be off by a factor, not 5%
+    assert estimate.sum() / exact.sum() == pytest.approx(1.0, abs=0.05)
+
+
+def test_same_seed_reproduces_and_probe_is_not_modified(digits_task, lite0):
+    before = {k: v.clone() for k, v in lite0.state_dict().items()}
+    flags = [p.requires_grad for p in lite0.parameters()]
+    a = embed(digits_task, lite0, input_size=SIDE, seed=3)
+    b = embed(digits_task, lite0, input_size=SIDE, seed=3)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert all(torch.equal(before[k], v) for k, v in lite0.state_dict().items())
+    assert [p.requires_grad for p in lite0.parameters()] == flags and not lite0.training
+    assert a.values.shape == (lite0.num_filters,) and a.values.dtype == np.float32
+    assert a.meta["seed"] == 3 and a.meta["input_size"] == SIDE and a.probe == "efficientnet_lite0"
+    assert a.meta["fisher_samples"] >= 300 and set(a.meta["versions"]) >= {"torch", "precompute"}
+
+
+def test_embedding_properties_on_real_tasks(digits, fashion, digits_task, lite0):
+    """Permutation invariance, repeatability vs. different tasks, norm vs. label noise."""
+    images, labels = digits
+    images, labels = images[:300], labels[:300]
+    same = embed(digits_task, lite0, input_size=SIDE, seed=0)
+    again = embed(digits_task, lite0, input_size=SIDE, seed=1)
+    permuted = embed(task_from_arrays(images, (labels * 3 + 1) % 10, input_size=SIDE), lite0,
+                     input_size=SIDE, seed=0)
+    parity = embed(task_from_arrays(images, labels % 2, input_size=SIDE), lite0,
+                   input_size=SIDE, seed=0)
+    rng = np.random.default_rng(0)
+    shuffled = embed(task_from_arrays(images, rng.permutation(labels), input_size=SIDE), lite0,
+                     input_size=SIDE, seed=0)
+    noise_floor = distances.symmetric(same, again)
+    # a relabelled task is the same task: as close as a re-run with another seed
+    assert distances.symmetric(same, permuted) < 1.3 * noise_floor
+    # another task on the same images is farther; a task on another domain much farther
+    assert distances.symmetric(same, parity) > 1.2 * noise_floor
+    assert distances.symmetric(same, shuffled) > 1.5 * noise_floor
+    clothes = embed(task_from_arrays(*fashion, input_size=SIDE), lite0, input_size=SIDE, seed=0)
+    assert distances.symmetric(same, clothes) > 2.5 * noise_floor
+
+    norms = []
+    for noise in (0.0, 0.3, 0.6, 0.9):
+        noisy = labels.copy()
+        flip = rng.random(len(noisy)) < noise
+        noisy[flip] = rng.integers(0, 10, flip.sum())
+        norms.append(embed(task_from_arrays(images, noisy, input_size=SIDE), lite0,
+                           input_size=SIDE, seed=0).norm)
+    assert norms == sorted(norms), norms  # harder task, larger embedding (paper Fig. 2 right)
+
+
+@pytest.mark.parametrize("method", ["montecarlo", "variational"])
+def test_constant_label_task_gives_the_trivial_embedding(digits_task, method):
+    task = constant_task(digits_task)
+    e = embed(task, tiny_probe(), method=method, input_size=SIDE, variational_steps=150)
+    np.testing.assert_allclose(e.values, e.trivial, rtol=0.01)
+    # the trivial embedding is the prior (beta / N) / lambda^2
+    cfg = EmbedConfig()
+    assert e.trivial[0] == pytest.approx(cfg.beta / task.size / cfg.prior_variance)
+
+
+def test_variational_agrees_with_montecarlo_on_which_filters_matter(digits_task):
+    from scipy.stats import spearmanr
+
+    probe = tiny_probe()
+    result = embed_methods(digits_task, probe, methods=("montecarlo", "variational"),
+                           input_size=SIDE, variational_steps=300)
+    mc, var = result["montecarlo"].values, result["variational"].values
+    assert spearmanr(mc, var).statistic > 0.5
+    # data adds information to the prior on most filters
+    assert (var > 1.05 * result["variational"].trivial).mean() >= 0.75
+
+
+def test_domain_embedding_is_mean_activation(digits_task):
+    probe = tiny_probe()
+    e = embed(digits_task, probe, method="domain", input_size=SIDE)
+    assert e.trivial is None and e.values.shape == (probe.num_filters,)
+    with torch.no_grad():
+        first = probe.backbone[0](probe.normalize(digits_task.images))
+    np.testing.assert_allclose(e.values[:4], first.mean(dim=(0, 2, 3)).numpy(), rtol=1e-4)
+
+
+def test_save_and_load_round_trip(tmp_path, digits_task):
+    e = embed(digits_task, tiny_probe(), input_size=SIDE)
+    path = e.save(tmp_path / "e.npz")
+    back = TaskEmbedding.load(path)
+    np.testing.assert_array_equal(back.values, e.values)
+    np.testing.assert_array_equal(back.trivial, e.trivial)
+    assert back.layers == e.layers and back.meta == e.meta and back.method == "montecarlo"
+    assert [p.name for p in tmp_path.iterdir()] == ["e.npz"]  # no temporary left behind
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    with pytest.raises(Task2VecError, match="not a task embedding"):
+        TaskEmbedding.load(tmp_path / "bad.npz")
+
+
+def test_bad_arguments(digits_task):
+    with pytest.raises(Task2VecError, match="unknown method"):
+        embed(digits_task, tiny_probe(), method="fim", input_size=SIDE)
+    with pytest.raises(Task2VecError, match="input_size"):
+        embed(digits_task, tiny_probe(), input_size=64)
+    if not torch.cuda.is_available():
+        with pytest.raises(Task2VecError, match="no CUDA"):
+            embed(digits_task, tiny_probe(), input_size=SIDE, device="cuda")
