@@ -29,6 +29,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--out", help="output .npz (default: <task>.task2vec.npz here)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    b = sub.add_parser("build", help="embed a whole task library into one DuckDB file (resumable)")
+    b.add_argument("library", help="demo, paper, or a folder of task folders / a path,label,task CSV")
+    b.add_argument("--root", help="dataset root (for the paper library)")
+    b.add_argument("--db", required=True, help="output DuckDB file (replaced atomically when done)")
+    b.add_argument("--probe", default=DEFAULT_PROBE, choices=available())
+    b.add_argument("--methods", default="montecarlo,domain",
+                   help="comma-separated embedding methods (default: montecarlo,domain)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE)
+    b.add_argument("--maps", default="tsne,umap", help="2-D maps to compute (tsne,umap)")
+    b.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -71,10 +84,36 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _library_specs(args: argparse.Namespace):
+    if args.library == "demo":
+        from .libraries.demo import read_demo_library
+        return read_demo_library(seed=args.seed)
+    if args.library == "paper":
+        from .libraries.paper import read_paper_library
+        if not args.root:
+            raise Task2VecError("the paper library needs --root DIR (where the datasets are)")
+        return read_paper_library(args.root)
+    from .libraries.user import read_user_library
+    return read_user_library(args.library, seed=args.seed)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from .build import build_library
+
+    specs = _library_specs(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    maps = [m.strip() for m in args.maps.split(",") if m.strip()]
+    db = build_library(specs, args.db, library=args.library, probe=args.probe, methods=methods,
+                       input_size=args.input_size, device=args.device, seed=args.seed, maps=maps,
+                       progress=not args.quiet)
+    print(f"library {args.library}: {len(specs)} tasks written to {db}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"embed": _embed}[args.command](args)
+        return {"embed": _embed, "build": _build}[args.command](args)
     except Task2VecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,177 @@
+"""The precompute pipeline: embed every task of a library into one DuckDB file.
+
+Resumable and atomic: the work goes into ``FILE.building``; each task is committed in one
+transaction, so a run killed at any point and started again embeds only the remaining tasks.
+Each task's seed is derived from the build seed and the task id, so the result does not depend
+on the order or on interruptions. Only when every task and the maps are written is the file
+moved over ``FILE`` (``os.replace``): the app never sees a half-written library.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import distances, store
+from .errors import Task2VecError
+from .libraries import TaskSpec, load_splits
+from .probes import DEFAULT_PROBE, create
+from .task2vec import DEFAULT_INPUT_SIZE, FISHER_METHODS, METHODS, embed_methods, _versions
+
+THUMBNAILS_PER_TASK = 6
+
+
+def task_seed(seed: int, task_id: str) -> int:
+    """A per-task seed independent of build order (crc32 is stable across runs and platforms)."""
+    return (seed * 1_000_003 + zlib.crc32(task_id.encode())) % 2**31
+
+
+def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: str,
+                  probe: str = DEFAULT_PROBE, methods: Sequence[str] = ("montecarlo", "domain"),
+                  input_size: int = DEFAULT_INPUT_SIZE, device: str = "cpu", seed: int = 0,
+                  maps: Sequence[str] = ("tsne", "umap"), progress: bool = True) -> Path:
+    """Embed ``specs`` into the DuckDB file ``db`` (created or replaced atomically)."""
+    db = Path(db)
+    if not specs:
+        raise Task2VecError(f"library {library!r} has no tasks")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise Task2VecError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
+    if not any(m in FISHER_METHODS for m in methods):
+        raise Task2VecError("methods must include montecarlo or variational")
+    ids = [s.task_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise Task2VecError("task ids of the library are not unique")
+    if not db.parent.exists():
+        raise Task2VecError(f"output folder {db.parent} does not exist")
+    work = db.with_name(db.name + ".building")
+    probe_net = create(probe)
+    settings = {"library": library, "probe": probe, "methods": list(methods),
+                "input_size": input_size, "seed": seed, "filters": probe_net.num_filters,
+                "layers": [[n, m.weight.shape[0]] for n, m in probe_net.filter_layers()]}
+    try:
+        con = store.connect(work, probe_net.num_filters)
+    except Exception as exc:  # duckdb raises its own types for locked or foreign files
+        raise Task2VecError(f"cannot open {work}: {str(exc).splitlines()[0]}") from None
+    try:
+        _check_resume(con, settings, work)
+        store.set_info(con, **settings, schema_version=store.SCHEMA_VERSION)
+        started = datetime.now(timezone.utc)
+        todo = [s for s in specs if s.task_id not in store.done_task_ids(con)]
+        seconds = _embed_tasks(con, todo, probe_net, methods, input_size, device, seed, progress)
+        _compute_maps(con, methods, maps, seed, progress)
+        summary = {"tasks_total": len(specs), "tasks_embedded_this_run": len(todo),
+                   "seconds_embedding": round(seconds, 2), "versions": _versions(), **settings}
+        summary.pop("layers")
+        con.execute("INSERT INTO runs VALUES ((SELECT coalesce(max(run_id), 0) + 1 FROM runs), "
+                    "?, ?, ?, ?, ?, ?)", [started, datetime.now(timezone.utc), len(todo),
+                                           seconds / max(len(todo), 1), device, json.dumps(summary)])
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    try:
+        os.replace(work, db)
+    except OSError as exc:
+        raise Task2VecError(f"cannot publish {db}: {exc.strerror}; the finished build stays in "
+                            f"{work}") from None
+    return db
+
+
+def _check_resume(con, settings: dict, work: Path) -> None:
+    info = store.get_info(con)
+    if not info:
+        return
+    changed = [k for k in ("library", "probe", "methods", "input_size", "seed")
+               if info.get(k) != settings[k]]
+    if changed:
+        raise Task2VecError(f"an unfinished build with other settings ({', '.join(changed)}) is in "
+                            f"{work}: run with the same options to resume, or delete that file")
+
+
+def _embed_tasks(con, todo: Sequence[TaskSpec], probe_net, methods, input_size: int, device: str,
+                 seed: int, progress: bool) -> float:
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    bar = tqdm(todo, desc="embedding tasks", unit="task", disable=not progress)
+    for spec in bar:
+        bar.set_postfix_str(spec.task_id[-40:])
+        splits = load_splits(spec, input_size)
+        if "train" not in splits:
+            raise Task2VecError(f"task {spec.task_id} has no training images")
+        train = splits["train"]
+        if train.num_classes < 2:
+            raise Task2VecError(f"task {spec.task_id} has fewer than 2 classes")
+        embeddings = embed_methods(train, probe_net, methods=methods, input_size=input_size,
+                                   device=device, seed=task_seed(seed, spec.task_id))
+        task_row = {"task_id": spec.task_id, "family": spec.family, "name": spec.name,
+                    "taxonomy": spec.taxonomy, "classes": train.classes,
+                    "class_counts": train.class_counts(), "num_train": train.size,
+                    "num_test": splits["test"].size if "test" in splits else 0,
+                    "meta": spec.meta}
+        store.write_task(con, task_row, embeddings, _thumbnails(train))
+    return time.perf_counter() - t_start
+
+
+def _thumbnails(task) -> list[tuple[str, bytes]]:
+    """Up to THUMBNAILS_PER_TASK images, round-robin over classes, as PNG bytes."""
+    from PIL import Image
+
+    by_class = [np.flatnonzero(task.labels.numpy() == c) for c in range(task.num_classes)]
+    picks = []
+    for rank in range(THUMBNAILS_PER_TASK):
+        for c, idx in enumerate(by_class):
+            if rank < len(idx) and len(picks) < THUMBNAILS_PER_TASK:
+                picks.append((task.classes[c], idx[rank]))
+    out = []
+    for label, i in picks:
+        buf = io.BytesIO()
+        Image.fromarray(task.images[i].permute(1, 2, 0).numpy()).save(buf, format="PNG", optimize=True)
+        out.append((label, buf.getvalue()))
+    return out
+
+
+def _compute_maps(con, methods: Sequence[str], algorithms: Sequence[str], seed: int,
+                  progress: bool) -> None:
+    """2-D maps of the task space (first Fisher method) and of the domain space."""
+    task_method = next(m for m in methods if m in FISHER_METHODS)
+    spaces = {"task": task_method}
+    if "domain" in methods:
+        spaces["domain"] = "domain"
+    for space, method in spaces.items():
+        ids, matrix = store.embedding_matrix(con, method)
+        if len(ids) < 5:
+            continue  # too few tasks for a neighbourhood map
+        dist = (distances.cosine_matrix(matrix) if method == "domain"
+                else distances.symmetric_matrix(matrix))
+        for algorithm in algorithms:
+            if progress:
+                print(f"map: {algorithm} of {space} space ({len(ids)} tasks)", flush=True)
+            xy, params = _layout(dist, algorithm, seed)
+            store.write_map(con, space, algorithm, ids, xy, {**params, "method": method})
+
+
+def _layout(dist: np.ndarray, algorithm: str, seed: int) -> tuple[np.ndarray, dict]:
+    n = len(dist)
+    if algorithm == "tsne":
+        from sklearn.manifold import TSNE
+
+        params = {"perplexity": float(min(30.0, (n - 1) / 3)), "init": "random",
+                  "metric": "precomputed", "random_state": seed, "max_iter": 1000}
+        xy = TSNE(n_components=2, **params).fit_transform(dist)
+    elif algorithm == "umap":
+        import umap
+
+        params = {"n_neighbors": int(min(15, n - 1)), "min_dist": 0.1,
+                  "metric": "precomputed", "random_state": seed}
+        xy = umap.UMAP(n_components=2, **params).fit_transform(dist)
+    else:
+        raise Task2VecError(f"unknown map algorithm {algorithm!r}; use tsne or umap")
+    return np.asarray(xy, dtype=np.float64), {"algorithm": algorithm, **params}

@@ -1,0 +1,97 @@
+"""The DuckDB library file: schema and writer (the explorer reads it, read-only).
+
+One file holds a whole task library. Embeddings are fixed-size ``FLOAT[D]`` arrays, D = the
+probe's number of filters. The schema is documented in docs/ARCHITECTURE.md.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+def schema(dim: int) -> str:
+    return f"""
+    CREATE TABLE IF NOT EXISTS library_info (key VARCHAR PRIMARY KEY, value JSON);
+    CREATE TABLE IF NOT EXISTS tasks (
+        task_id VARCHAR PRIMARY KEY, family VARCHAR, name VARCHAR, taxonomy VARCHAR[],
+        classes VARCHAR[], class_counts INTEGER[], num_train INTEGER, num_test INTEGER, meta JSON);
+    CREATE TABLE IF NOT EXISTS embeddings (
+        task_id VARCHAR, method VARCHAR, value FLOAT[{dim}], trivial FLOAT[{dim}],
+        norm DOUBLE, seconds DOUBLE, meta JSON, PRIMARY KEY (task_id, method));
+    CREATE TABLE IF NOT EXISTS thumbnails (
+        task_id VARCHAR, position INTEGER, label VARCHAR, png BLOB, PRIMARY KEY (task_id, position));
+    CREATE TABLE IF NOT EXISTS maps (
+        space VARCHAR, algorithm VARCHAR, task_id VARCHAR, x DOUBLE, y DOUBLE,
+        PRIMARY KEY (space, algorithm, task_id));
+    CREATE TABLE IF NOT EXISTS map_params (
+        space VARCHAR, algorithm VARCHAR, params JSON, PRIMARY KEY (space, algorithm));
+    CREATE TABLE IF NOT EXISTS runs (
+        run_id INTEGER PRIMARY KEY, started TIMESTAMP, finished TIMESTAMP, tasks_embedded INTEGER,
+        seconds_per_task DOUBLE, device VARCHAR, summary JSON);
+    """
+
+
+def connect(path: str | Path, dim: int) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(path))
+    con.execute(schema(dim))
+    return con
+
+
+def set_info(con: duckdb.DuckDBPyConnection, **items) -> None:
+    for key, value in items.items():
+        con.execute("INSERT OR REPLACE INTO library_info VALUES (?, ?)", [key, json.dumps(value)])
+
+
+def get_info(con: duckdb.DuckDBPyConnection) -> dict:
+    return {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM library_info").fetchall()}
+
+
+def done_task_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute("SELECT task_id FROM tasks").fetchall()}
+
+
+def write_task(con: duckdb.DuckDBPyConnection, task: dict, embeddings: dict, thumbnails: list) -> None:
+    """Write one task and everything computed for it in one transaction (all or nothing)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            task["task_id"], task["family"], task["name"], list(task["taxonomy"]),
+            list(task["classes"]), list(task["class_counts"]), task["num_train"],
+            task["num_test"], json.dumps(task.get("meta", {}))])
+        for method, e in embeddings.items():
+            con.execute("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                task["task_id"], method, e.values, e.trivial, e.norm,
+                sum(e.meta["timings_s"].values()), json.dumps(e.meta)])
+        for position, (label, png) in enumerate(thumbnails):
+            con.execute("INSERT INTO thumbnails VALUES (?, ?, ?, ?)",
+                        [task["task_id"], position, label, png])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def embedding_matrix(con: duckdb.DuckDBPyConnection, method: str) -> tuple[list[str], np.ndarray]:
+    """(task ids in task-id order, float32 [tasks, filters]) for one method."""
+    table = con.sql(f"SELECT task_id, value FROM embeddings WHERE method = '{method}' "
+                    "ORDER BY task_id").fetchnumpy()
+    ids = list(table["task_id"])
+    if not ids:
+        return ids, np.zeros((0, 0), dtype=np.float32)
+    return ids, np.stack(table["value"]).astype(np.float32)
+
+
+def write_map(con: duckdb.DuckDBPyConnection, space: str, algorithm: str, ids: list[str],
+              xy: np.ndarray, params: dict) -> None:
+    con.execute("BEGIN TRANSACTION")
+    con.execute("DELETE FROM maps WHERE space = ? AND algorithm = ?", [space, algorithm])
+    con.executemany("INSERT INTO maps VALUES (?, ?, ?, ?, ?)",
+                    [(space, algorithm, t, float(x), float(y)) for t, (x, y) in zip(ids, xy)])
+    con.execute("INSERT OR REPLACE INTO map_params VALUES (?, ?, ?)",
+                [space, algorithm, json.dumps(params)])
+    con.execute("COMMIT")

@@ -1,0 +1,103 @@
+"""The precompute pipeline: DuckDB contents, resume after a crash, atomic publish."""
+import duckdb
+import numpy as np
+import pytest
+
+from precompute import build, store
+from precompute.errors import Task2VecError
+from precompute.libraries import Record, TaskSpec
+
+SIDE = 32
+
+
+def digit_specs(digits, n_tasks: int = 6) -> list[TaskSpec]:
+    """Small real tasks: pairs of digit classes, 40 images each split 30/10."""
+    images, labels = digits
+    pairs = [(0, 1), (3, 8), (1, 7), (4, 9), (2, 5), (6, 0), (5, 6), (7, 9)][:n_tasks]
+    specs = []
+    for a, b in pairs:
+        idx = np.flatnonzero((labels == a) | (labels == b))[:40]
+        records = [Record(images[i], str(labels[i]), "train" if k < 30 else "test")
+                   for k, i in enumerate(idx)]
+        specs.append(TaskSpec(task_id=f"digits/{a}-vs-{b}", family="digits", name=f"{a} vs {b}",
+                              taxonomy=("digits", "pair", f"{a}-vs-{b}"),
+                              records=lambda r=records: r))
+    return specs
+
+
+def read_all(db) -> dict:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {
+            "tasks": con.execute("SELECT * FROM tasks ORDER BY task_id").fetchall(),
+            "embeddings": con.execute(
+                "SELECT task_id, method, value, trivial FROM embeddings ORDER BY ALL").fetchall(),
+            "maps": con.execute("SELECT * FROM maps ORDER BY ALL").fetchall(),
+            "thumbnails": con.execute("SELECT count(*) FROM thumbnails").fetchone()[0],
+            "info": store.get_info(con),
+            "runs": con.execute("SELECT tasks_embedded FROM runs ORDER BY run_id").fetchall(),
+        }
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def reference(digits, tmp_path_factory):
+    db = tmp_path_factory.mktemp("ref") / "lib.duckdb"
+    build.build_library(digit_specs(digits), db, library="digits", input_size=SIDE,
+                        maps=("tsne",), progress=False)
+    return read_all(db)
+
+
+def test_build_writes_every_table(digits, reference):
+    assert [t[0] for t in reference["tasks"]] == sorted(s.task_id for s in digit_specs(digits))
+    task = reference["tasks"][0]
+    assert task[3] == ["digits", "pair", task[0].split("/")[1]]  # taxonomy path
+    assert task[6] == 30 and task[7] == 10  # num_train, num_test
+    methods = {(t, m) for t, m, *_ in reference["embeddings"]}
+    assert len(methods) == 12 and {m for _, m in methods} == {"montecarlo", "domain"}
+    value = np.asarray(reference["embeddings"][1][2])
+    assert value.shape == (42016,)
+    assert len(reference["maps"]) == 12  # 6 tasks x (task, domain) t-SNE
+    assert reference["thumbnails"] == 6 * build.THUMBNAILS_PER_TASK
+    assert reference["info"]["probe"] == "efficientnet_lite0" and reference["info"]["input_size"] == SIDE
+    assert reference["runs"] == [(6,)]
+
+
+def test_killed_build_resumes_to_the_same_result(digits, tmp_path, monkeypatch, reference):
+    db = tmp_path / "lib.duckdb"
+    real = build.embed_methods
+    calls = {"n": 0}
+
+    def crash_after_three(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # the process dies in the middle of the fourth task
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build, "embed_methods", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        build.build_library(digit_specs(digits), db, library="digits", input_size=SIDE,
+                            maps=("tsne",), progress=False)
+    assert not db.exists()  # nothing published
+    monkeypatch.setattr(build, "embed_methods", real)
+    build.build_library(digit_specs(digits), db, library="digits", input_size=SIDE,
+                        maps=("tsne",), progress=False)
+    resumed = read_all(db)
+    assert resumed["runs"] == [(3,)]  # only the remaining tasks were embedded
+    assert resumed["tasks"] == reference["tasks"]
+    for a, b in zip(resumed["embeddings"], reference["embeddings"]):
+        assert a[:2] == b[:2] and np.array_equal(a[2], b[2])
+    assert resumed["maps"] == reference["maps"]
+    assert not (tmp_path / "lib.duckdb.building").exists()
+
+
+def test_resume_with_other_settings_is_refused(digits, tmp_path, monkeypatch):
+    db = tmp_path / "lib.duckdb"
+    monkeypatch.setattr(build, "embed_methods", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        build.build_library(digit_specs(digits), db, library="digits", input_size=SIDE,
+                            progress=False)
+    with pytest.raises(Task2VecError, match="input_size"):
+        build.build_library(digit_specs(digits), db, library="digits", input_size=48,
+                            progress=False)
