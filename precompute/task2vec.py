@@ -263,7 +263,7 @@ class _Embedder:
             else:
                 values, extra = self._variational_fisher(head)
             self.timings[f"{method}_s"] = time.perf_counter() - t0
-            out[method] = self._result(method, values, self._trivial(), extra)
+            out[method] = self._result(method, values, self._prior_term(), extra)
         return {m: out[m] for m in methods}
 
     @torch.no_grad()
@@ -412,7 +412,6 @@ class _Embedder:
         value = self.config.beta / self.task.size / self.config.prior_variance
         return np.full(self.probe.num_filters, value, dtype=np.float32)
 
-    _trivial = _prior_term
 
     def _result(self, method: str, values: np.ndarray, trivial: np.ndarray | None,
                 extra: dict) -> TaskEmbedding:
