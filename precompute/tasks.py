@@ -142,23 +142,23 @@ def load_task(
         raise Task2VecError(f"task path must be a file or folder path, got {type(path).__name__}")
     path = Path(path)
     if not path.exists():
-        raise Task2VecError(f"no such file or folder: {_show(path)}")
+        raise Task2VecError(f"no such file or folder: {shown_name(path)}")
     suffix = path.suffix.lower()
     if path.is_dir():
         task_name = name or path.resolve().name
-        items = _items_from_folder(path, shown_root=_show(path))
+        items = _items_from_folder(path, shown_root=shown_name(path))
         return _build(task_name, items, size, progress, source=str(path))
     if suffix == ".zip":
         # The temporary folder goes away on success and on every error alike.
         with tempfile.TemporaryDirectory(prefix="task2vec-zip-") as tmp:
             _extract_zip(path, Path(tmp))
-            items = _items_from_folder(Path(tmp), shown_root=_show(path))
+            items = _items_from_folder(Path(tmp), shown_root=shown_name(path))
             return _build(name or path.stem, items, size, progress, source=str(path))
     if suffix == ".csv":
         items = _items_from_csv(path)
         return _build(name or path.stem, items, size, progress, source=str(path))
     raise Task2VecError(
-        f"unsupported task file {_show(path)}: give a folder with one subfolder per class, "
+        f"unsupported task file {shown_name(path)}: give a folder with one subfolder per class, "
         "a .zip of such a folder, or a .csv with path,label columns"
     )
 
@@ -234,7 +234,7 @@ def decode_image(path: str | os.PathLike, input_size: int, shown: str | None = N
     maximum; transparency is composited onto white; the result is squashed to S x S.
     ``shown`` is the name used in error messages (default: the path).
     """
-    shown = shown or _show(path)
+    shown = shown or shown_name(path)
     try:
         with Image.open(path) as img:
             width, height = img.size
@@ -348,16 +348,16 @@ def _items_from_folder(root: Path, shown_root: str) -> list[_Item]:
     entries = _visible_entries(root, shown)
     # Descend through wrapper folders: a root holding only one folder that holds folders.
     while len(entries) == 1 and entries[0].is_dir():
-        inner = _visible_entries(Path(entries[0].path), f"{shown}/{_show(entries[0].name)}")
+        inner = _visible_entries(Path(entries[0].path), f"{shown}/{shown_name(entries[0].name)}")
         if not any(e.is_dir() for e in inner):
             break
-        root, shown, entries = Path(entries[0].path), f"{shown}/{_show(entries[0].name)}", inner
+        root, shown, entries = Path(entries[0].path), f"{shown}/{shown_name(entries[0].name)}", inner
 
     class_dirs = [e for e in entries if e.is_dir()]
     stray = [e.name for e in entries if not e.is_dir() and _is_image_name(e.name)]
     if stray:
         raise Task2VecError(
-            f"image {shown}/{_show(stray[0])} is not inside a class folder; put every image "
+            f"image {shown}/{shown_name(stray[0])} is not inside a class folder; put every image "
             "into a subfolder named after its class"
         )
     if not class_dirs:
@@ -369,11 +369,11 @@ def _items_from_folder(root: Path, shown_root: str) -> list[_Item]:
     items: list[_Item] = []
     counts: list[int] = []
     for class_dir in class_dirs:
-        label = _show(class_dir.name)
+        label = shown_name(class_dir.name)
         class_shown = f"{shown}/{label}"
         count = 0
         for entry in _visible_entries(Path(class_dir.path), class_shown):
-            entry_shown = f"{class_shown}/{_show(entry.name)}"
+            entry_shown = f"{class_shown}/{shown_name(entry.name)}"
             if entry.is_dir():
                 raise Task2VecError(
                     f"nested folder {entry_shown}: a class folder must hold images only; "
@@ -387,7 +387,7 @@ def _items_from_folder(root: Path, shown_root: str) -> list[_Item]:
             items.append(_Item(entry.path, entry_shown, label))
             count += 1
         counts.append(count)
-    _check_class_counts([_show(d.name) for d in class_dirs], counts, where=shown)
+    _check_class_counts([shown_name(d.name) for d in class_dirs], counts, where=shown)
     return items
 
 
@@ -398,7 +398,7 @@ def _member_parts(name: str) -> list[str]:
 
 def _extract_zip(zip_path: Path, dest: Path) -> None:
     """Extract ``zip_path`` into ``dest`` after refusing unsafe entries and zip bombs."""
-    shown = _show(zip_path)
+    shown = shown_name(zip_path)
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -446,13 +446,13 @@ def _extract_zip(zip_path: Path, dest: Path) -> None:
                 raise
             except Exception as exc:  # bad CRC, unsupported compression, clashing names, ...
                 raise Task2VecError(
-                    f"cannot extract {_show(info.filename)} from {shown}: {exc}"
+                    f"cannot extract {shown_name(info.filename)} from {shown}: {exc}"
                 ) from None
 
 
 def _check_member(info: zipfile.ZipInfo, shown: str) -> None:
     name = info.filename
-    entry = f"entry {_show(name)!r} in {shown}"
+    entry = f"entry {shown_name(name)!r} in {shown}"
     if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
         raise Task2VecError(f"unsafe {entry}: absolute path; re-create the zip from relative paths")
     if ".." in re.split(r"[/\\]", name):
@@ -473,7 +473,7 @@ def _check_member(info: zipfile.ZipInfo, shown: str) -> None:
 
 def _items_from_csv(csv_path: Path) -> list[_Item]:
     """One item per CSV row; relative paths are relative to the CSV's folder."""
-    shown = _show(csv_path)
+    shown = shown_name(csv_path)
     base = csv_path.parent
     items: list[_Item] = []
     missing: list[str] = []
@@ -501,11 +501,11 @@ def _items_from_csv(csv_path: Path) -> list[_Item]:
                     raise Task2VecError(f"{where}: empty label for {path_text}; give every row a label")
                 full = Path(path_text) if os.path.isabs(path_text) else base / path_text
                 if not full.is_file():
-                    missing.append(f"{where}: file not found: {_show(path_text)}")
+                    missing.append(f"{where}: file not found: {shown_name(path_text)}")
                 elif not _is_image_name(path_text):
-                    raise Task2VecError(f"{where}: not an image: {_show(path_text)}")
+                    raise Task2VecError(f"{where}: not an image: {shown_name(path_text)}")
                 else:
-                    items.append(_Item(str(full), _show(path_text), label))
+                    items.append(_Item(str(full), shown_name(path_text), label))
     except UnicodeDecodeError:
         raise Task2VecError(f"CSV {shown} is not UTF-8 text; save it as UTF-8") from None
     except csv.Error as exc:
@@ -513,7 +513,7 @@ def _items_from_csv(csv_path: Path) -> list[_Item]:
     if missing:
         more = f" (and {len(missing) - 1} more missing)" if len(missing) > 1 else ""
         raise Task2VecError(
-            f"{missing[0]}{more}; paths are relative to the CSV's folder {_show(base)}"
+            f"{missing[0]}{more}; paths are relative to the CSV's folder {shown_name(base)}"
         )
     if not items:
         raise Task2VecError(f"CSV {shown} has a header but no rows; add one row per image")
@@ -613,7 +613,7 @@ def _labels_to_list(labels: object) -> list:
         ) from None
 
 
-def _show(name: str | os.PathLike) -> str:
+def shown_name(name: str | os.PathLike) -> str:
     """A file name safe for a one-line message: undecodable bytes and control characters escaped."""
     text = os.fspath(name)
     # Non-UTF-8 names arrive from os.scandir as surrogate escapes, which cannot be printed.

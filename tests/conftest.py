@@ -10,6 +10,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+from precompute.errors import Task2VecError
 from precompute.probes import Probe
 from precompute.tasks import TaskData, task_from_arrays
 
@@ -61,3 +62,14 @@ def tiny_probe(seed: int = 0) -> Probe:
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
     return Probe("tiny", backbone, None, feature_dim=6, input_size=SIDE).eval()
+
+
+def expect_error(call, *phrases: str) -> str:
+    """Assert ``call()`` raises Task2VecError whose one-line message holds every phrase."""
+    with pytest.raises(Task2VecError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    for phrase in phrases:
+        assert phrase in message, message
+    return message

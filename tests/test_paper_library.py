@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from precompute.errors import Task2VecError
+
+from conftest import expect_error
 from precompute.libraries import load_splits
 from precompute.libraries import paper
 from precompute.libraries.paper import (read_cub, read_deepfashion, read_imaterialist,
@@ -47,16 +48,6 @@ def image_value(index: int) -> int:
 def value_index(levels: np.ndarray) -> list[int]:
     return [int(round((v - 10) / 8)) for v in levels]
 
-
-def expect_error(call, *phrases: str) -> str:
-    """Assert ``call()`` raises Task2VecError whose one-line message holds every phrase."""
-    with pytest.raises(Task2VecError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    for phrase in phrases:
-        assert phrase in message, message
-    return message
 
 
 def labelled_images(spec) -> dict[str, list[tuple[int, str]]]:

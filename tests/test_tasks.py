@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from precompute import tasks
-from precompute.errors import Task2VecError
+
+from conftest import expect_error
 from precompute.tasks import TaskData, load_task, task_from_arrays
 
 RNG_SEED = 0
@@ -41,16 +42,6 @@ def zip_folder(folder: Path, zip_path: Path, arc_root: str = "") -> Path:
                 zf.write(file, os.path.join(arc_root, file.relative_to(folder).as_posix()))
     return zip_path
 
-
-def expect_error(call, *phrases: str) -> str:
-    """Assert ``call()`` raises Task2VecError whose one-line message holds every phrase."""
-    with pytest.raises(Task2VecError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    for phrase in phrases:
-        assert phrase in message, message
-    return message
 
 
 def load_single(tmp_path: Path, image: Image.Image, filename: str, input_size: int = 16,

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import Task2VecError
-from ..tasks import _show
+from ..tasks import shown_name
 from .base import Record, TaskSpec
 
 __all__ = [
@@ -354,7 +354,7 @@ def _id_table(path: Path, expected: str,
         except ValueError:
             raise Task2VecError(
                 f"CUB-200-2011: {path} line {line_no}: expected '{expected}', got "
-                f"{_show(line.strip())!r}") from None
+                f"{shown_name(line.strip())!r}") from None
     return rows
 
 
@@ -496,7 +496,7 @@ class _IMatAnnotations:
             except (ValueError, IndexError):
                 raise Task2VecError(
                     f"{self.DATASET}: {path} line {line_no}: expected "
-                    "'labelId,taskId,labelName,taskName', got " f"{_show(line.strip())!r}") from None
+                    "'labelId,taskId,labelName,taskName', got " f"{shown_name(line.strip())!r}") from None
         return label_map
 
 
@@ -592,7 +592,7 @@ class _DeepFashionAnnotations:
                     break
             else:
                 raise Task2VecError(
-                    f"{self.DATASET}: image {_show(first)} of list_attr_img.txt is neither at "
+                    f"{self.DATASET}: image {shown_name(first)} of list_attr_img.txt is neither at "
                     f"{self.root / first} nor at {self.root / 'Img' / first}; extract Img/img.zip "
                     "so that its img/ folder sits in the root or in Img/")
         return self._image_base
@@ -606,7 +606,7 @@ class _DeepFashionAnnotations:
             if not words or kind not in {str(k) for k in ATTRIBUTE_TYPES}:
                 raise Task2VecError(
                     f"{self.DATASET}: {path} line {line_no}: expected '<attribute name> <type 1-5>', "
-                    f"got {_show(line.strip())!r}")
+                    f"got {shown_name(line.strip())!r}")
             attributes.append((" ".join(words), int(kind)))
         if len(attributes) != declared:
             raise Task2VecError(
@@ -624,7 +624,7 @@ class _DeepFashionAnnotations:
             if len(parts) != 2 or parts[1] not in codes:
                 raise Task2VecError(
                     f"{self.DATASET}: {path} line {line_no}: expected '<image name> train|val|test', "
-                    f"got {_show(line.strip())!r}")
+                    f"got {shown_name(line.strip())!r}")
             split_of[parts[0]] = codes[parts[1]]
         return split_of
 
@@ -638,7 +638,7 @@ class _DeepFashionAnnotations:
             except ValueError:
                 raise Task2VecError(
                     f"{self.DATASET}: {path} line 1: expected the number of images, got "
-                    f"{_show(first.decode('utf-8', 'replace').strip())!r}") from None
+                    f"{shown_name(first.decode('utf-8', 'replace').strip())!r}") from None
             f.readline()  # line 2: column names
             line_no = 2
             while lines := f.readlines(self.CHUNK_BYTES):
@@ -665,7 +665,7 @@ class _DeepFashionAnnotations:
                 except KeyError:
                     missing = next(n for n in names if n not in split_of)
                     raise Task2VecError(
-                        f"{self.DATASET}: image {_show(missing)} of {path} has no line in "
+                        f"{self.DATASET}: image {shown_name(missing)} of {path} has no line in "
                         f"{partition}") from None
                 for s in (_TRAIN, _TEST):
                     self.counts[s, 0] += pos[split == s].sum(axis=0)
@@ -717,7 +717,7 @@ def _parse_value_block(block: bytes, n_attrs: int, path: Path,
         row = int(np.count_nonzero(newline[:at]))
         raise Task2VecError(
             f"DeepFashion: {path} line {line_numbers[row]}: attribute values must be 1, -1 or 0 "
-            f"separated by spaces; found {_show(bytes(buf[max(at - 3, 0):at + 4]).decode('latin-1'))!r}")
+            f"separated by spaces; found {shown_name(bytes(buf[max(at - 3, 0):at + 4]).decode('latin-1'))!r}")
     signed = np.empty_like(one)  # a '1' preceded by '-'
     signed[0] = False
     signed[1:] = minus[:-1]
@@ -794,19 +794,19 @@ def _absolute(root: str | os.PathLike, dataset: str, layout: str) -> Path:
         raise Task2VecError(f"{dataset}: root must be a folder path, got {type(root).__name__}")
     path = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     if not path.is_dir():
-        raise Task2VecError(f"{dataset}: root folder not found: {_show(path)}; {layout}")
+        raise Task2VecError(f"{dataset}: root folder not found: {shown_name(path)}; {layout}")
     return path
 
 
 def _require_file(path: Path, dataset: str, layout: str) -> Path:
     if not path.is_file():
-        raise Task2VecError(f"{dataset}: missing file {_show(path)}; {layout}")
+        raise Task2VecError(f"{dataset}: missing file {shown_name(path)}; {layout}")
     return path
 
 
 def _require_dir(path: Path, dataset: str, layout: str) -> Path:
     if not path.is_dir():
-        raise Task2VecError(f"{dataset}: missing folder {_show(path)}; {layout}")
+        raise Task2VecError(f"{dataset}: missing folder {shown_name(path)}; {layout}")
     return path
 
 
@@ -816,9 +816,9 @@ def _load_json(path: Path, dataset: str):
             return json.load(f)
     except json.JSONDecodeError as exc:
         raise Task2VecError(
-            f"{dataset}: {_show(path)} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+            f"{dataset}: {shown_name(path)} line {exc.lineno}: not valid JSON ({exc.msg})") from None
     except UnicodeDecodeError:
-        raise Task2VecError(f"{dataset}: {_show(path)} is not UTF-8 JSON") from None
+        raise Task2VecError(f"{dataset}: {shown_name(path)} is not UTF-8 JSON") from None
 
 
 def _text_lines(path: Path, dataset: str) -> list[tuple[int, str]]:
@@ -827,7 +827,7 @@ def _text_lines(path: Path, dataset: str) -> list[tuple[int, str]]:
         with open(path, encoding="utf-8-sig") as f:
             return list(enumerate(f, start=1))
     except UnicodeDecodeError:
-        raise Task2VecError(f"{dataset}: {_show(path)} is not UTF-8 text") from None
+        raise Task2VecError(f"{dataset}: {shown_name(path)} is not UTF-8 text") from None
 
 
 def _declared_count(path: Path, lines: list[tuple[int, str]], dataset: str) -> int:
@@ -835,9 +835,9 @@ def _declared_count(path: Path, lines: list[tuple[int, str]], dataset: str) -> i
     try:
         return int(lines[0][1])
     except (IndexError, ValueError):
-        got = _show(lines[0][1].strip()) if lines else ""
+        got = shown_name(lines[0][1].strip()) if lines else ""
         raise Task2VecError(
-            f"{dataset}: {_show(path)} line 1: expected a count, got {got!r}") from None
+            f"{dataset}: {shown_name(path)} line 1: expected a count, got {got!r}") from None
 
 
 def _check_images(paths: Sequence[str], dataset: str, listed_in: str, layout: str) -> None:
@@ -845,7 +845,7 @@ def _check_images(paths: Sequence[str], dataset: str, listed_in: str, layout: st
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise Task2VecError(
-            f"{dataset}: image {_show(missing[0])} listed in {listed_in} not found{more}; {layout}")
+            f"{dataset}: image {shown_name(missing[0])} listed in {listed_in} not found{more}; {layout}")
 
 
 def _unique_labels(pairs: list[tuple[int, str]]) -> dict[int, str]:
