@@ -21,7 +21,7 @@ import numpy as np
 
 from . import distances, store
 from .errors import Task2VecError
-from .libraries import TaskSpec, load_splits
+from .libraries import TaskSpec, task_data
 from .probes import DEFAULT_PROBE, create
 from .task2vec import DEFAULT_INPUT_SIZE, FISHER_METHODS, METHODS, embed_methods, _versions
 
@@ -64,7 +64,8 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
         _check_resume(con, settings, work)
         store.set_info(con, **settings, schema_version=store.SCHEMA_VERSION)
         started = datetime.now(timezone.utc)
-        todo = [s for s in specs if s.task_id not in store.done_task_ids(con)]
+        done = store.done_task_ids(con)
+        todo = [s for s in specs if s.task_id not in done]
         seconds = _embed_tasks(con, todo, probe_net, methods, input_size, device, seed, progress)
         _compute_maps(con, methods, maps, seed, progress)
         summary = {"tasks_total": len(specs), "tasks_embedded_this_run": len(todo),
@@ -103,10 +104,11 @@ def _embed_tasks(con, todo: Sequence[TaskSpec], probe_net, methods, input_size: 
     bar = tqdm(todo, desc="embedding tasks", unit="task", disable=not progress)
     for spec in bar:
         bar.set_postfix_str(spec.task_id[-40:])
-        splits = load_splits(spec, input_size)
-        if "train" not in splits:
+        records = list(spec.records())
+        if not any(r.split == "train" for r in records):
             raise Task2VecError(f"task {spec.task_id} has no training images")
-        train = splits["train"]
+        # Only the train split is embedded; the test split is decoded later, by the experts.
+        train = task_data(spec.task_id, records, "train", input_size)
         if train.num_classes < 2:
             raise Task2VecError(f"task {spec.task_id} has fewer than 2 classes")
         embeddings = embed_methods(train, probe_net, methods=methods, input_size=input_size,
@@ -114,8 +116,7 @@ def _embed_tasks(con, todo: Sequence[TaskSpec], probe_net, methods, input_size: 
         task_row = {"task_id": spec.task_id, "family": spec.family, "name": spec.name,
                     "taxonomy": spec.taxonomy, "classes": train.classes,
                     "class_counts": train.class_counts(), "num_train": train.size,
-                    "num_test": splits["test"].size if "test" in splits else 0,
-                    "meta": spec.meta}
+                    "num_test": sum(r.split == "test" for r in records), "meta": spec.meta}
         store.write_task(con, task_row, embeddings, _thumbnails(train))
     return time.perf_counter() - t_start
 

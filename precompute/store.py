@@ -78,8 +78,8 @@ def write_task(con: duckdb.DuckDBPyConnection, task: dict, embeddings: dict, thu
 
 def embedding_matrix(con: duckdb.DuckDBPyConnection, method: str) -> tuple[list[str], np.ndarray]:
     """(task ids in task-id order, float32 [tasks, filters]) for one method."""
-    table = con.sql(f"SELECT task_id, value FROM embeddings WHERE method = '{method}' "
-                    "ORDER BY task_id").fetchnumpy()
+    table = con.execute("SELECT task_id, value FROM embeddings WHERE method = ? ORDER BY task_id",
+                        [method]).fetchnumpy()
     ids = list(table["task_id"])
     if not ids:
         return ids, np.zeros((0, 0), dtype=np.float32)

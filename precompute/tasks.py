@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from .errors import Task2VecError
 
-__all__ = ["TaskData", "load_task", "task_from_arrays", "decode_image", "IMAGE_EXTENSIONS"]
+__all__ = ["TaskData", "load_task", "task_from_arrays", "decode_image", "resize_array",
+           "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -214,10 +215,7 @@ def task_from_arrays(
 
     out = np.empty((len(pixels), size, size, 3), dtype=np.uint8)
     for i, pixel in enumerate(pixels):
-        if pixel.shape[:2] != (size, size):
-            img = Image.fromarray(pixel[..., 0] if pixel.shape[-1] == 1 else pixel)
-            pixel = np.asarray(_squash(img, size)).reshape(size, size, -1)
-        out[i] = pixel  # a single grey channel broadcasts to RGB
+        out[i] = resize_array(pixel, size)
     return TaskData(
         name=name,
         images=torch.from_numpy(out).permute(0, 3, 1, 2).contiguous(),
@@ -289,6 +287,17 @@ def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
     else:
         values = np.zeros_like(values)
     return Image.fromarray(np.rint(values).astype(np.uint8)).convert("RGB")
+
+
+def resize_array(pixels: np.ndarray, size: int) -> np.ndarray:
+    """One uint8 image ``[H, W]`` or ``[H, W, 1 | 3]`` -> RGB ``[S, S, 3]``, squashed like files."""
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if pixels.shape[:2] != (size, size):
+        pixels = np.asarray(_squash(Image.fromarray(pixels), size))
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    return pixels
 
 
 def _squash(img: Image.Image, size: int) -> Image.Image:

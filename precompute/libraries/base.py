@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..tasks import TaskData, decode_image
+from ..tasks import TaskData, decode_image, resize_array
 
 SPLITS = ("train", "test")
 
@@ -53,34 +53,22 @@ class TaskSpec:
     meta: dict = field(default_factory=dict, compare=False)
 
 
-def load_splits(spec: TaskSpec, input_size: int) -> dict[str, TaskData]:
-    """Decode a task's records into one :class:`TaskData` per split.
-
-    Every split uses the task's full, sorted class list, so label ids agree across splits.
-    """
+def load_splits(spec: TaskSpec, input_size: int,
+                splits: Sequence[str] = SPLITS) -> dict[str, TaskData]:
+    """Decode a task's records into one :class:`TaskData` per split asked for."""
     records = list(spec.records())
+    return {split: task_data(spec.task_id, records, split, input_size) for split in splits
+            if any(r.split == split for r in records)}
+
+
+def task_data(name: str, records: Sequence[Record], split: str, input_size: int) -> TaskData:
+    """The ``split`` of a task's records, decoded. Every split uses the task's full, sorted
+    class list, so label ids agree across splits."""
     classes = sorted({r.label for r in records})
     index = {c: i for i, c in enumerate(classes)}
-    out = {}
-    for split in SPLITS:
-        rows = [r for r in records if r.split == split]
-        if rows:
-            images = np.stack([_decode(r.image, input_size) for r in rows])
-            out[split] = TaskData(
-                name=spec.task_id, images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                labels=torch.tensor([index[r.label] for r in rows], dtype=torch.long),
-                classes=classes, source=spec.family)
-    return out
-
-
-def _decode(image: str | np.ndarray, input_size: int) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        return _resize_array(image, input_size)
-    return decode_image(image, input_size)
-
-
-def _resize_array(image: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    img = Image.fromarray(image)
-    return np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    rows = [r for r in records if r.split == split]
+    images = np.stack([resize_array(r.image, input_size) if isinstance(r.image, np.ndarray)
+                       else decode_image(r.image, input_size) for r in rows])
+    return TaskData(name=name, images=torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                    labels=torch.tensor([index[r.label] for r in rows], dtype=torch.long),
+                    classes=classes, source=name)
