@@ -74,3 +74,32 @@ def test_unwritable_output_folder(tmp_path):
     task = make_task(tmp_path / "colours", {"red": 3, "blue": 3})
     proc = run("embed", str(task), "--out", str(tmp_path / "nowhere" / "e.npz"), cwd=tmp_path)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_build_a_user_library_folder(tmp_path):
+    """``build`` on a folder of task folders: a DuckDB file with every task and both maps."""
+    import duckdb
+
+    library = tmp_path / "library"
+    for t in range(5):
+        make_task(library / f"task{t}", {"red": 6 + t, "blue": 6})
+    db = tmp_path / "lib.duckdb"
+    proc = run("build", str(library), "--db", str(db), "--input-size", "32", "--quiet",
+               cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "5 tasks written" in proc.stdout
+    con = duckdb.connect(str(db), read_only=True)
+    tasks = con.execute("SELECT task_id, num_train, num_test FROM tasks ORDER BY task_id").fetchall()
+    # 20 % of each class (rounded down) is held out for test
+    assert tasks[0] == ("task0", 10, 2) and tasks[4] == ("task4", 13, 3)
+    maps = con.execute("SELECT space, algorithm, count(*) FROM maps GROUP BY ALL ORDER BY ALL").fetchall()
+    assert maps == [("domain", "tsne", 5), ("domain", "umap", 5), ("task", "tsne", 5), ("task", "umap", 5)]
+    con.close()
+    assert not (tmp_path / "lib.duckdb.building").exists()
+
+
+def test_build_bad_library_is_one_line_exit_2(tmp_path):
+    proc = run("build", str(tmp_path / "nowhere"), "--db", str(tmp_path / "x.duckdb"), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.duckdb").exists() and not (tmp_path / "x.duckdb.building").exists()
