@@ -31,7 +31,7 @@ def read_all(db) -> dict:
         return {
             "tasks": con.execute("SELECT * FROM tasks ORDER BY task_id").fetchall(),
             "embeddings": con.execute(
-                "SELECT task_id, method, value, trivial FROM embeddings ORDER BY ALL").fetchall(),
+                "SELECT task_id, method, value, trivial_level FROM embeddings ORDER BY ALL").fetchall(),
             "maps": con.execute("SELECT * FROM maps ORDER BY ALL").fetchall(),
             "thumbnails": con.execute("SELECT count(*) FROM thumbnails").fetchone()[0],
             "info": store.get_info(con),
@@ -56,12 +56,21 @@ def test_build_writes_every_table(digits, reference):
     assert task[6] == 30 and task[7] == 10  # num_train, num_test
     methods = {(t, m) for t, m, *_ in reference["embeddings"]}
     assert len(methods) == 12 and {m for _, m in methods} == {"montecarlo", "domain"}
-    value = np.asarray(reference["embeddings"][1][2])
-    assert value.shape == (42016,)
+    value = store.decode(np.asarray(reference["embeddings"][1][2]))
+    assert value.shape == (42016,) and np.all(value > 0)
+    assert reference["embeddings"][1][3] == pytest.approx(1e-2 / 30)  # (beta / N) / lambda^2
     assert len(reference["maps"]) == 12  # 6 tasks x (task, domain) t-SNE
     assert reference["thumbnails"] == 6 * build.THUMBNAILS_PER_TASK
     assert reference["info"]["probe"] == "efficientnet_lite0" and reference["info"]["input_size"] == SIDE
     assert reference["runs"] == [(6,)]
+
+
+def test_bfloat16_storage_round_trip():
+    values = np.array([1.0, -2.5, 3.14159, 1e-30, 6.5e4, 1 + 2**-8, 1 + 3 * 2**-8], np.float32)
+    back = store.decode(store.encode(values))
+    np.testing.assert_allclose(back, values, rtol=2**-8)
+    assert back[0] == 1.0 and back[1] == -2.5
+    assert back[5] == 1.0 and back[6] == 1 + 4 * 2**-8  # ties round to even mantissa
 
 
 def test_killed_build_resumes_to_the_same_result(digits, tmp_path, monkeypatch, reference):
