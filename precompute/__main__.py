@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE)
     b.add_argument("--maps", default="tsne,umap", help="2-D maps to compute (tsne,umap)")
     b.add_argument("--quiet", action="store_true")
+
+    a = sub.add_parser("analyse", help="taxonomy and shared-domain checks of a library file")
+    a.add_argument("--db", required=True)
+    a.add_argument("--k", type=int, default=5, help="neighbours for the shared-domain check")
     return parser
 
 
@@ -110,10 +114,19 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyse(args: argparse.Namespace) -> int:
+    from .analysis import markdown, report
+
+    if not Path(args.db).is_file():
+        raise Task2VecError(f"no such library file: {args.db}")
+    print(markdown(report(args.db, k=args.k)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"embed": _embed, "build": _build}[args.command](args)
+        return {"embed": _embed, "build": _build, "analyse": _analyse}[args.command](args)
     except Task2VecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,152 @@
+"""Checks that the embedding means something (paper section 4.1), computed from a library file.
+
+- Taxonomy (Fig. 2 centre): rank correlation between the symmetric TASK2VEC distance and the
+  taxonomic distance, and the neighbourhood curve: the mean taxonomic distance of a task's k
+  nearest tasks, against chance (a random neighbour) and the taxonomy itself (the best possible).
+- Shared domain (Fig. 1): among tasks on one domain, how often a task's nearest neighbours are
+  related tasks, with TASK2VEC and with the domain embedding.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+from scipy.stats import spearmanr
+
+from . import distances, store
+from .libraries.demo import taxonomic_distance
+
+
+@dataclass
+class LibraryView:
+    """The parts of a library file the checks need, in one task order."""
+
+    ids: list[str]
+    family: list[str]
+    taxonomy: list[tuple[str, ...]]
+    related: list[set[str]]
+    task_distance: np.ndarray  # symmetric TASK2VEC distance [n, n]
+    domain_distance: np.ndarray | None  # cosine distance of domain embeddings [n, n]
+
+    @classmethod
+    def load(cls, path, method: str = "montecarlo") -> "LibraryView":
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            ids, fisher = store.embedding_matrix(con, method)
+            dom_ids, domain = store.embedding_matrix(con, "domain")
+            rows = {r[0]: r[1:] for r in con.execute(
+                "SELECT task_id, family, taxonomy, meta FROM tasks").fetchall()}
+        finally:
+            con.close()
+        return cls(
+            ids=ids, family=[rows[t][0] for t in ids],
+            taxonomy=[tuple(rows[t][1]) for t in ids],
+            related=[set(json.loads(rows[t][2]).get("related", [])) for t in ids],
+            task_distance=distances.symmetric_matrix(fisher),
+            domain_distance=distances.cosine_matrix(domain) if dom_ids == ids else None)
+
+    def subset(self, family: str) -> "LibraryView":
+        keep = [i for i, f in enumerate(self.family) if f == family]
+        pick = np.ix_(keep, keep)
+        return LibraryView(
+            [self.ids[i] for i in keep], [self.family[i] for i in keep],
+            [self.taxonomy[i] for i in keep], [self.related[i] for i in keep],
+            self.task_distance[pick],
+            None if self.domain_distance is None else self.domain_distance[pick])
+
+
+def taxonomy_matrix(paths: list[tuple[str, ...]]) -> np.ndarray:
+    return np.array([[taxonomic_distance(a, b) for b in paths] for a in paths], dtype=float)
+
+
+def taxonomy_correlation(dist: np.ndarray, tax: np.ndarray) -> tuple[float, float]:
+    """Spearman rho (and p-value) between embedding and taxonomic distance over task pairs."""
+    upper = np.triu_indices(len(dist), 1)
+    result = spearmanr(dist[upper], tax[upper])
+    return float(result.statistic), float(result.pvalue)
+
+
+def neighbourhood_curve(dist: np.ndarray, tax: np.ndarray, max_k: int | None = None) -> dict:
+    """Mean taxonomic distance from each task to its k nearest tasks, k = 1..max_k.
+
+    Returns curves for ``embedding`` (neighbours by ``dist``), ``taxonomy`` (neighbours by the
+    taxonomic distance itself: the floor) and ``chance`` (the mean over all other tasks).
+    """
+    n = len(dist)
+    max_k = min(max_k or n - 1, n - 1)
+    off = ~np.eye(n, dtype=bool)
+
+    def curve(order_by: np.ndarray) -> np.ndarray:
+        ranked = np.argsort(np.where(off, order_by, np.inf), axis=1, kind="stable")[:, :max_k]
+        neighbour_tax = np.take_along_axis(tax, ranked, axis=1)
+        return np.cumsum(neighbour_tax, axis=1).mean(0) / np.arange(1, max_k + 1)
+
+    chance = tax[off].reshape(n, n - 1).mean()
+    return {"k": np.arange(1, max_k + 1), "embedding": curve(dist), "taxonomy": curve(tax),
+            "chance": np.full(max_k, chance)}
+
+
+def related_precision(dist: np.ndarray, ids: list[str], related: list[set[str]],
+                      k: int = 5) -> float:
+    """Mean fraction of each task's k nearest tasks that are related to it (tasks that have any)."""
+    n = len(dist)
+    order = np.argsort(np.where(np.eye(n, dtype=bool), np.inf, dist), axis=1, kind="stable")[:, :k]
+    scores = [np.mean([ids[j] in related[i] for j in order[i]])
+              for i in range(n) if related[i]]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def report(path, taxonomy_family: str = "glyphs", domain_family: str = "fashion_mnist",
+           k: int = 5) -> dict:
+    """All checks for one library file; families missing from the file are skipped."""
+    view = LibraryView.load(path)
+    out: dict = {"tasks": len(view.ids)}
+    if view.family.count(taxonomy_family) >= 5:
+        sub = view.subset(taxonomy_family)
+        tax = taxonomy_matrix(sub.taxonomy)
+        rho, p = taxonomy_correlation(sub.task_distance, tax)
+        out["taxonomy"] = {"family": taxonomy_family, "tasks": len(sub.ids), "spearman": rho,
+                           "p_value": p, "curve": neighbourhood_curve(sub.task_distance, tax)}
+        if sub.domain_distance is not None:
+            out["taxonomy"]["spearman_domain"] = taxonomy_correlation(sub.domain_distance, tax)[0]
+    if view.family.count(domain_family) >= k + 1:
+        sub = view.subset(domain_family)
+        share = {"family": domain_family, "tasks": len(sub.ids), "k": k,
+                 "task2vec": related_precision(sub.task_distance, sub.ids, sub.related, k),
+                 "chance": float(np.mean([len(r & set(sub.ids)) / (len(sub.ids) - 1)
+                                          for r in sub.related if r]))}
+        if sub.domain_distance is not None:
+            share["domain"] = related_precision(sub.domain_distance, sub.ids, sub.related, k)
+        out["shared_domain"] = share
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The report as the Markdown that goes into docs/RESULTS.md."""
+    lines = [f"Library: {result['tasks']} tasks.", ""]
+    if "taxonomy" in result:
+        t = result["taxonomy"]
+        lines += [f"### Taxonomy ({t['family']}, {t['tasks']} tasks)", "",
+                  f"- Spearman rho between symmetric TASK2VEC distance and taxonomic distance: "
+                  f"**{t['spearman']:.3f}** (p = {t['p_value']:.2g})"
+                  + (f"; domain embedding: {t['spearman_domain']:.3f}" if "spearman_domain" in t else ""),
+                  "", "Neighbourhood curve (paper Fig. 2 centre): mean taxonomic distance of the "
+                  "k nearest tasks.", "", "| k | TASK2VEC | taxonomy (floor) | chance |", "|---|---|---|---|"]
+        c = t["curve"]
+        for i in [0, 1, 2, 4, 9, 19, 39]:
+            if i < len(c["k"]):
+                lines.append(f"| {c['k'][i]} | {c['embedding'][i]:.2f} | {c['taxonomy'][i]:.2f} | "
+                             f"{c['chance'][i]:.2f} |")
+        lines.append("")
+    if "shared_domain" in result:
+        s = result["shared_domain"]
+        lines += [f"### Shared domain ({s['family']}, {s['tasks']} tasks)", "",
+                  f"Fraction of each task's {s['k']} nearest tasks that are related tasks:", "",
+                  "| embedding | precision@k |", "|---|---|",
+                  f"| TASK2VEC (montecarlo, symmetric distance) | **{s['task2vec']:.3f}** |"]
+        if "domain" in s:
+            lines.append(f"| domain embedding (cosine) | {s['domain']:.3f} |")
+        lines += [f"| chance | {s['chance']:.3f} |", ""]
+    return "\n".join(lines)
