@@ -78,7 +78,7 @@ def write_task(con: duckdb.DuckDBPyConnection, task: dict, embeddings: dict, thu
             list(task["classes"]), list(task["class_counts"]), task["num_train"],
             task["num_test"], json.dumps(task.get("meta", {}))])
         for method, e in embeddings.items():
-            # The trivial embedding is isotropic, (beta / N) / lambda^2 on every filter: one number.
+            # The trivial embedding is isotropic, (beta / N0) / lambda^2 on every filter: one number.
             level = None if e.trivial is None else float(e.trivial[0])
             con.execute("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?)", [
                 task["task_id"], method, encode(e.values), level, e.norm,

@@ -58,7 +58,7 @@ def test_build_writes_every_table(digits, reference):
     assert len(methods) == 12 and {m for _, m in methods} == {"montecarlo", "domain"}
     value = store.decode(np.asarray(reference["embeddings"][1][2]))
     assert value.shape == (42016,) and np.all(value > 0)
-    assert reference["embeddings"][1][3] == pytest.approx(1e-2 / 30)  # (beta / N) / lambda^2
+    assert reference["embeddings"][1][3] == pytest.approx(1e-2 / 1000)  # (beta / N0) / lambda^2
     assert len(reference["maps"]) == 12  # 6 tasks x (task, domain) t-SNE
     assert reference["thumbnails"] == 6 * build.THUMBNAILS_PER_TASK
     assert reference["info"]["probe"] == "efficientnet_lite0" and reference["info"]["input_size"] == SIDE

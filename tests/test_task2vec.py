@@ -101,9 +101,9 @@ def test_constant_label_task_gives_the_trivial_embedding(digits_task, method):
     task = constant_task(digits_task)
     e = embed(task, tiny_probe(), method=method, input_size=SIDE, variational_steps=150)
     np.testing.assert_allclose(e.values, e.trivial, rtol=0.01)
-    # the trivial embedding is the prior (beta / N) / lambda^2
+    # the trivial embedding is the prior (beta / N0) / lambda^2, the same for every task size
     cfg = EmbedConfig()
-    assert e.trivial[0] == pytest.approx(cfg.beta / task.size / cfg.prior_variance)
+    assert e.trivial[0] == pytest.approx(cfg.beta / cfg.prior_samples / cfg.prior_variance)
 
 
 def test_variational_agrees_with_montecarlo_on_which_filters_matter(digits_task):
