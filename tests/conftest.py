@@ -73,3 +73,102 @@ def expect_error(call, *phrases: str) -> str:
     for phrase in phrases:
         assert phrase in message, message
     return message
+
+
+# --------------------------------------------------------------------------- explorer (app) fixtures
+
+APP_DIGIT_PAIRS = [(0, 1, "round"), (3, 8, "round"), (6, 0, "round"), (1, 7, "straight"),
+                   (4, 9, "straight")]
+APP_FASHION_PAIRS = [(0, 2, "tops"), (5, 7, "footwear"), (7, 9, "footwear")]
+
+
+def app_task_specs(digits, fashion) -> list:
+    """8 small real tasks in two families with a 3-level taxonomy (family / group / pair):
+    digit pairs and Fashion-MNIST class pairs, 30 train + 10 test images each."""
+    from precompute.libraries import Record, TaskSpec
+
+    def spec(images, labels, a, b, family, group, name):
+        idx = np.flatnonzero((labels == a) | (labels == b))[:40]
+        records = [Record(images[i], str(labels[i]), "train" if k < 30 else "test")
+                   for k, i in enumerate(idx)]
+        return TaskSpec(task_id=f"{family}/{a}-vs-{b}", family=family, name=name,
+                        taxonomy=(family, group, f"{a}-vs-{b}"), records=lambda r=records: r)
+
+    return ([spec(*digits, a, b, "digits", g, f"digits {a} vs {b}") for a, b, g in APP_DIGIT_PAIRS]
+            + [spec(*fashion, a, b, "fashion", g, f"fashion {a} vs {b}") for a, b, g in APP_FASHION_PAIRS])
+
+
+@pytest.fixture(scope="session")
+def app_library(digits, fashion, tmp_path_factory) -> Path:
+    """A real library file for the explorer tests: 8 tasks embedded with the default probe at
+    32 px (montecarlo + domain), t-SNE and UMAP maps, thumbnails; no experts."""
+    from precompute.build import build_library
+
+    db = tmp_path_factory.mktemp("app") / "app.duckdb"
+    return build_library(app_task_specs(digits, fashion), db, library="app-test", input_size=SIDE,
+                         maps=("tsne", "umap"), progress=False)
+
+
+# Hand-chosen expert results for the display tests of the difficulty and model-selection pages
+# (test data, not measurements): 3 experts, their test error on every task, two selectors.
+APP_EXPERTS = {"e_digits": "digits expert", "e_fashion": "fashion expert", "e_imagenet": "ImageNet"}
+APP_SELECTION = [("model2vec", 0.05, 0.01, 0.75, 1.0, 0.2),
+                 ("task2vec", 0.12, 0.03, 0.5, 0.875, 0.1),
+                 ("chance", 0.40, 0.05, 0.33, 1.0, 0.0)]
+
+
+def app_expert_errors(task_ids) -> dict:
+    """(expert_id, task_id) -> test error: the family's own expert is best on each task."""
+    errors = {}
+    for i, t in enumerate(sorted(task_ids)):
+        own = "e_digits" if t.startswith("digits") else "e_fashion"
+        other = "e_fashion" if own == "e_digits" else "e_digits"
+        errors[(own, t)] = 0.02 + 0.01 * i
+        errors[(other, t)] = 0.30 + 0.01 * i
+        errors[("e_imagenet", t)] = 0.10 + 0.01 * i
+    return errors
+
+
+@pytest.fixture(scope="session")
+def app_library_experts(app_library, tmp_path_factory) -> Path:
+    """A copy of ``app_library`` with expert tables (schema of the experts issue) holding the
+    hand-chosen numbers above."""
+    import json
+    import shutil
+
+    import duckdb
+
+    db = tmp_path_factory.mktemp("app_experts") / "app_experts.duckdb"
+    shutil.copy(app_library, db)
+    con = duckdb.connect(str(db))
+    try:
+        ids = [r[0] for r in con.execute("SELECT task_id FROM tasks").fetchall()]
+        con.execute("CREATE TABLE experts (expert_id VARCHAR PRIMARY KEY, name VARCHAR, "
+                    "kind VARCHAR, source_tasks VARCHAR[], meta JSON)")
+        for eid, name in APP_EXPERTS.items():
+            kind = "imagenet" if eid == "e_imagenet" else "finetuned"
+            sources = [t for t in ids if t.startswith(eid[2:])]
+            con.execute("INSERT INTO experts VALUES (?, ?, ?, ?, '{}')", [eid, name, kind, sources])
+        con.execute("CREATE TABLE performance (expert_id VARCHAR, task_id VARCHAR, test_error DOUBLE, "
+                    "train_error DOUBLE, seconds DOUBLE)")
+        con.executemany("INSERT INTO performance VALUES (?, ?, ?, ?, 1.0)",
+                        [(e, t, err, err / 2) for (e, t), err in app_expert_errors(ids).items()])
+        con.execute("CREATE TABLE selector_rankings (selector VARCHAR, task_id VARCHAR, ranking VARCHAR[])")
+        for t in ids:
+            own = "e_digits" if t.startswith("digits") else "e_fashion"
+            con.execute("INSERT INTO selector_rankings VALUES ('model2vec', ?, ?)",
+                        [t, [own, "e_imagenet"]])
+            con.execute("INSERT INTO selector_rankings VALUES ('task2vec', ?, ?)",
+                        [t, ["e_imagenet", own]])
+        con.execute("CREATE TABLE selection_results (selector VARCHAR, relative_error_increase DOUBLE, "
+                    "relative_error_increase_std DOUBLE, top1 DOUBLE, top3 DOUBLE, seconds DOUBLE, meta JSON)")
+        con.executemany("INSERT INTO selection_results VALUES (?, ?, ?, ?, ?, ?, '{}')", APP_SELECTION)
+        con.execute("INSERT INTO library_info VALUES ('optimal_error', ?)", [json.dumps(0.055)])
+    finally:
+        con.close()
+    return db
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives the real app in headless Chromium "
+                            "(still part of the default run)")

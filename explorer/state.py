@@ -1,0 +1,110 @@
+"""View state: a few well-named session-state keys, mirrored in the URL (``st.query_params``).
+
+The page is the URL path (``st.navigation``); the rest is in the query string, so a copied
+link reopens the same view::
+
+    /map?db=data/demo.duckdb&color=level:1&algo=umap&task=glyphs/Latin
+
+Keys: ``db`` (library file), ``color`` (map colouring), ``algo`` (tsne | umap), ``task``
+(selected task id), ``branch`` and ``level`` (taxonomy page filter and colour-bar level),
+``family`` (family filter of the difficulty and model-selection pages).
+At the start of a session the URL fills the session state; afterwards the session state is the
+truth and is written back to the URL on every run (switching pages clears the query string).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import streamlit as st
+
+URL_KEYS = ("db", "color", "algo", "task", "branch", "level", "family")
+DEFAULT_LIBRARY = Path(__file__).resolve().parent.parent / "data" / "demo.duckdb"
+ENV_VAR = "TASK2VEC_DB"
+
+
+def library_from_args(argv: Sequence[str]) -> str | None:
+    """``--db FILE`` or ``--db=FILE`` from the script arguments (``streamlit run app.py -- --db F``)."""
+    for i, arg in enumerate(argv):
+        if arg == "--db" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--db="):
+            return arg[len("--db="):]
+    return None
+
+
+def start_library() -> str:
+    """The library chosen at start-up: ``--db``, else $TASK2VEC_DB, else the demo library."""
+    return library_from_args(sys.argv[1:]) or os.environ.get(ENV_VAR) or str(DEFAULT_LIBRARY)
+
+
+def init() -> None:
+    """Fill the session state from the URL once per session (a shared link's view)."""
+    if st.session_state.get("_initialised"):
+        return
+    for key in URL_KEYS:
+        if key in st.query_params and key not in st.session_state:
+            st.session_state[key] = st.query_params[key]
+    st.session_state.setdefault("db", start_library())
+    st.session_state["_initialised"] = True
+
+
+def write_url() -> None:
+    """Mirror the view keys into the URL (only those set)."""
+    for key in URL_KEYS:
+        value = st.session_state.get(key)
+        if value in (None, ""):
+            if key in st.query_params:
+                del st.query_params[key]
+        elif st.query_params.get(key) != str(value):
+            st.query_params[key] = str(value)
+
+
+def set_library(path: str) -> None:
+    """Switch library: the selection and per-library choices no longer apply."""
+    if path != st.session_state.get("db"):
+        st.session_state["db"] = path
+        for key in ("task", "selected", "branch", "family", "upload", "figures"):
+            st.session_state.pop(key, None)
+
+
+def select_tasks(ids: Sequence[str]) -> None:
+    """Set the selection (highlighted on both maps); a single task also opens its card."""
+    ids = list(dict.fromkeys(i for i in ids if i))
+    st.session_state["selected"] = ids
+    if ids:
+        st.session_state["task"] = ids[0]
+
+
+def selected() -> list[str]:
+    sel = st.session_state.get("selected")
+    if sel is None and st.session_state.get("task"):
+        return [st.session_state["task"]]
+    return list(sel or [])
+
+
+def _copy_widget(key: str) -> None:
+    st.session_state[key] = st.session_state[f"w_{key}"]
+
+
+def choice(label: str, options: Sequence, key: str, default=None, *, container=st,
+           format_func: Callable = str, on_change: Callable | None = None, **kwargs):
+    """A selectbox whose value lives under ``key`` (so it survives page switches and goes into
+    the URL); the widget itself is keyed ``w_<key>``. An invalid stored value (e.g. from an
+    old link) falls back to ``default``."""
+    options = list(options)
+    value = st.session_state.get(key, default)
+    if value not in options:
+        value = default if default in options else options[0] if options else None
+    st.session_state[key] = value
+    st.session_state[f"w_{key}"] = value
+
+    def changed():
+        _copy_widget(key)
+        if on_change:
+            on_change()
+
+    return container.selectbox(label, options, key=f"w_{key}", format_func=format_func,
+                               on_change=changed, **kwargs)

@@ -1,0 +1,280 @@
+"""Read-only access to a library file (DuckDB), cached per (path, modification time).
+
+The explorer never writes to the library: every connection is ``read_only=True`` and every query
+runs on its own ``cursor()`` and is fetched fully (DuckDB 2.0: one connection cannot serve two
+threads at once). Cold start reads only the small tables (tasks, maps, experts); the embedding
+matrix and the all-pairs distances are loaded on demand: the matrix in a background thread
+started with the first page, the 1,500 x 1,500 distance matrix (about 5 s) only on the taxonomy
+page.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from precompute import distances
+from precompute import store as pstore
+from precompute.errors import Task2VecError
+
+REQUIRED_TABLES = ("library_info", "tasks", "embeddings", "maps")
+EXPERT_HINT = ("build them with `python -m precompute experts ...` (see README.md); "
+               "the other pages work without them")
+
+
+class LibraryError(Task2VecError):
+    """A library file that cannot be opened (missing, not DuckDB, wrong schema)."""
+
+
+@dataclass(frozen=True, eq=False)
+class Library:
+    """The small, always-needed parts of a library file, in task-id order.
+
+    Attributes:
+        path: the file; ``mtime`` its modification time (part of every cache key).
+        info: ``library_info`` as a dict (probe, methods, input_size, seed, ...).
+        tasks: one row per task, index ``task_id``: family, name, taxonomy (tuple root -> task),
+            classes, class_counts, num_train, num_test, size (= num_train), norm (L1 of the
+            Fisher embedding, the paper's difficulty measure), best_error (min test error over
+            experts, NaN without experts).
+        maps: columns space ('task' | 'domain'), algorithm ('tsne' | 'umap'), task_id, x, y.
+        tables: names of the tables present in the file.
+        task_method: the Fisher method the task map and distances use.
+    """
+
+    path: str
+    mtime: float
+    info: dict
+    tasks: pd.DataFrame
+    maps: pd.DataFrame
+    tables: frozenset
+    task_method: str
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("library") or Path(self.path).stem)
+
+    @property
+    def has_experts(self) -> bool:
+        return {"experts", "performance"} <= self.tables
+
+    @property
+    def families(self) -> list[str]:
+        return sorted(self.tasks["family"].unique())
+
+    @property
+    def taxonomy_depth(self) -> int:
+        return int(self.tasks["taxonomy"].map(len).max() or 0)
+
+    def query(self, sql: str, params=None) -> pd.DataFrame:
+        """One read-only query on its own cursor, fetched fully."""
+        with _connection(self.path, self.mtime).cursor() as cur:
+            return cur.execute(sql, params or []).df()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of its own on the shared read-only connection (close it after use)."""
+        return _connection(self.path, self.mtime).cursor()
+
+    def map_xy(self, space: str, algorithm: str) -> pd.DataFrame:
+        """``x, y`` indexed by task_id, for the tasks present on that map (may be empty)."""
+        m = self.maps[(self.maps.space == space) & (self.maps.algorithm == algorithm)]
+        return m.set_index("task_id")[["x", "y"]]
+
+    def algorithms(self) -> list[str]:
+        """Map algorithms present for the task space, t-SNE first."""
+        have = set(self.maps.loc[self.maps.space == "task", "algorithm"])
+        return [a for a in ("tsne", "umap") if a in have] + sorted(have - {"tsne", "umap"})
+
+
+def file_mtime(path: str | os.PathLike) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        raise LibraryError(f"no library file at {path}") from None
+
+
+def open_library(path: str | os.PathLike) -> Library:
+    """The library at ``path`` (cached until the file changes); LibraryError if unusable."""
+    path = str(Path(path).expanduser().resolve())
+    return _load_library(path, file_mtime(path))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _connection(path: str, mtime: float) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(path, read_only=True)
+    except Exception as exc:  # duckdb raises its own types for foreign or locked files
+        raise LibraryError(f"cannot open {Path(path).name} as a library: "
+                           f"{str(exc).splitlines()[0]}") from None
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _load_library(path: str, mtime: float) -> Library:
+    con = _connection(path, mtime)
+
+    def fetch(sql: str, params=None) -> pd.DataFrame:
+        with con.cursor() as cur:
+            return cur.execute(sql, params or []).df()
+
+    tables = frozenset(fetch("SELECT table_name FROM information_schema.tables")["table_name"])
+    missing = [t for t in REQUIRED_TABLES if t not in tables]
+    if missing:
+        raise LibraryError(f"{Path(path).name} is not a task library (no {', '.join(missing)} "
+                           "table); build one with `python -m precompute build`")
+    info = {k: json.loads(v) for k, v in fetch("SELECT key, value FROM library_info").itertuples(index=False)}
+    methods = list(info.get("methods") or ["montecarlo"])
+    task_method = next((m for m in methods if m != "domain"), "montecarlo")
+    tasks = fetch("SELECT task_id, family, name, taxonomy, classes, class_counts, num_train, "
+                  "num_test FROM tasks ORDER BY task_id").set_index("task_id")
+    if tasks.empty:
+        raise LibraryError(f"{Path(path).name} holds no tasks yet")
+    for col in ("taxonomy", "classes", "class_counts"):
+        tasks[col] = tasks[col].map(lambda v: tuple(v) if v is not None else ())
+    tasks["size"] = tasks["num_train"].astype(int)
+    norms = fetch("SELECT task_id, norm FROM embeddings WHERE method = ?", [task_method])
+    tasks["norm"] = norms.set_index("task_id")["norm"].reindex(tasks.index)
+    tasks["best_error"] = np.nan
+    if {"experts", "performance"} <= tables:
+        best = fetch("SELECT task_id, min(test_error) AS e FROM performance GROUP BY task_id")
+        tasks["best_error"] = best.set_index("task_id")["e"].reindex(tasks.index).astype(float)
+    maps = fetch("SELECT space, algorithm, task_id, x, y FROM maps")
+    return Library(path, mtime, info, tasks, maps, tables, task_method)
+
+
+# ------------------------------------------------------------------------------ embeddings
+
+
+_MATRICES: dict[tuple, tuple[list[str], np.ndarray]] = {}
+_MATRIX_LOCK = threading.Lock()
+
+
+def embedding_matrix(lib: Library, method: str) -> tuple[list[str], np.ndarray]:
+    """(task ids, float32 [tasks, filters]) for one method, decoded from bfloat16 once.
+
+    A process-wide cache (not ``st.cache_resource``) so that :func:`prefetch` can fill it from
+    a background thread; the lock makes a page that needs it wait for the prefetch instead of
+    decoding twice.
+    """
+    key = (lib.path, lib.mtime, method)
+    with _MATRIX_LOCK:
+        if key not in _MATRICES:
+            with _connection(lib.path, lib.mtime).cursor() as cur:
+                ids, matrix = pstore.embedding_matrix(cur, method)
+            for old in [k for k in _MATRICES if k[0] == lib.path and k[1] != lib.mtime]:
+                del _MATRICES[old]  # the file changed: drop the stale copy (hundreds of MB)
+            _MATRICES[key] = (ids, matrix)
+        return _MATRICES[key]
+
+
+def prefetch(lib: Library) -> None:
+    """Start decoding the Fisher matrix in the background so the first task card is quick."""
+    if (lib.path, lib.mtime, lib.task_method) in _MATRICES or _MATRIX_LOCK.locked():
+        return
+    threading.Thread(target=embedding_matrix, args=(lib, lib.task_method), daemon=True,
+                     name="task2vec-prefetch").start()
+
+
+def task_embedding(lib: Library, task_id: str, method: str) -> np.ndarray:
+    ids, matrix = embedding_matrix(lib, method)
+    return matrix[ids.index(task_id)]
+
+
+def distance_row(lib: Library, values: np.ndarray, method: str | None = None) -> pd.Series:
+    """Distance from one embedding to every library task, indexed by task_id.
+
+    Fisher methods: symmetric TASK2VEC distance (paper section 3.3); domain: cosine distance.
+    """
+    method = method or lib.task_method
+    ids, matrix = embedding_matrix(lib, method)
+    if method == "domain":
+        row = distances.cosine_matrix(values, matrix)[0]
+    else:
+        row = distances.symmetric_matrix(values[None], matrix)[0]
+    return pd.Series(row, index=ids, name="distance")
+
+
+def nearest_tasks(lib: Library, task_id: str, k: int = 10) -> pd.DataFrame:
+    """The k nearest library tasks to ``task_id`` (one distance row, not the whole matrix)."""
+    row = distance_row(lib, task_embedding(lib, task_id, lib.task_method)).drop(task_id)
+    return describe_tasks(lib, row.nsmallest(k))
+
+
+def describe_tasks(lib: Library, dist: pd.Series) -> pd.DataFrame:
+    """name, family, size of the tasks in ``dist`` (task_id -> distance), with the distance."""
+    out = lib.tasks.loc[dist.index, ["name", "family", "size"]].copy()
+    out.insert(0, "distance", dist.values)
+    return out
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _all_pairs(path: str, mtime: float, method: str) -> tuple[list[str], np.ndarray]:
+    lib = _load_library(path, mtime)
+    ids, matrix = embedding_matrix(lib, method)
+    dist = distances.cosine_matrix(matrix) if method == "domain" else distances.symmetric_matrix(matrix)
+    return ids, dist.astype(np.float32)
+
+
+def distance_matrix(lib: Library, method: str | None = None) -> pd.DataFrame:
+    """All-pairs distance (symmetric TASK2VEC, or cosine for 'domain'), task-id order."""
+    ids, dist = _all_pairs(lib.path, lib.mtime, method or lib.task_method)
+    return pd.DataFrame(dist, index=ids, columns=ids)
+
+
+def thumbnails(lib: Library, task_id: str) -> list[tuple[str, bytes]]:
+    if "thumbnails" not in lib.tables:
+        return []
+    rows = lib.query("SELECT label, png FROM thumbnails WHERE task_id = ? ORDER BY position", [task_id])
+    return [(label, bytes(png)) for label, png in rows.itertuples(index=False)]
+
+
+# ------------------------------------------------------------------------------ experts
+
+
+def experts(lib: Library) -> pd.DataFrame:
+    """expert_id (index), name, kind, source_tasks; empty without the experts table."""
+    if "experts" not in lib.tables:
+        return pd.DataFrame(columns=["name", "kind", "source_tasks"])
+    return _cached_query(lib.path, lib.mtime, "SELECT expert_id, name, kind, source_tasks FROM experts "
+                         "ORDER BY expert_id").set_index("expert_id")
+
+
+def performance(lib: Library) -> pd.DataFrame:
+    """expert_id, task_id, test_error (+ the expert's name); empty without the table."""
+    if not lib.has_experts:
+        return pd.DataFrame(columns=["expert_id", "task_id", "test_error", "name"])
+    return _cached_query(lib.path, lib.mtime,
+                         "SELECT p.expert_id, p.task_id, p.test_error, e.name FROM performance p "
+                         "JOIN experts e USING (expert_id) ORDER BY p.task_id, p.test_error")
+
+
+def task_experts(lib: Library, task_id: str) -> pd.DataFrame:
+    """The experts' test errors on one task, best first."""
+    perf = performance(lib)
+    return perf[perf.task_id == task_id][["name", "test_error"]].reset_index(drop=True)
+
+
+def selection_results(lib: Library) -> pd.DataFrame:
+    if "selection_results" not in lib.tables:
+        return pd.DataFrame()
+    return _cached_query(lib.path, lib.mtime, "SELECT * EXCLUDE (meta) FROM selection_results")
+
+
+def selector_picks(lib: Library) -> pd.DataFrame:
+    """selector, task_id, expert_id of each selector's first choice per task."""
+    if "selector_rankings" not in lib.tables:
+        return pd.DataFrame(columns=["selector", "task_id", "expert_id"])
+    return _cached_query(lib.path, lib.mtime, "SELECT selector, task_id, ranking[1] AS expert_id "
+                         "FROM selector_rankings")
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _cached_query(path: str, mtime: float, sql: str) -> pd.DataFrame:
+    with _connection(path, mtime).cursor() as cur:
+        return cur.execute(sql).df()

@@ -1,0 +1,93 @@
+"""Page parts shared by every page: the library in the sidebar, figures with their export
+buttons, and the talk pack of all current figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from precompute.errors import Task2VecError
+
+from . import export, state, store
+
+
+def library() -> store.Library:
+    """The current library, or an explanatory message and the end of the page."""
+    path = st.session_state.get("db") or state.start_library()
+    try:
+        lib = store.open_library(path)
+    except Task2VecError as exc:
+        st.error(str(exc))
+        if Path(path).resolve() == state.DEFAULT_LIBRARY:
+            st.info("The embedded demo library is built with `python -m precompute build demo "
+                    "--db data/demo.duckdb`. Or open another library file in the sidebar, start "
+                    "with `streamlit run app.py -- --db FILE`, or set TASK2VEC_DB.")
+        st.stop()
+    store.prefetch(lib)  # the embedding matrix, for the first task card, in the background
+    return lib
+
+
+def sidebar():
+    """Library chooser; returns the slot for the figure pack, filled after the page ran."""
+    with st.sidebar:
+        current = st.session_state.get("db", "")
+        st.session_state["w_db_input"] = current  # follows the library chosen by any means
+        st.text_input("Library file (DuckDB)", key="w_db_input", on_change=_library_typed,
+                      help="Another library built with `python -m precompute build`; opened "
+                           "read-only, never changed.")
+        found = _library_files()
+        if len(found) > 1 or (found and current not in found):
+            options = found if current in found else [current] + found
+            st.session_state["w_db_pick"] = current
+            st.selectbox("or pick one", options, key="w_db_pick", on_change=_library_picked,
+                         format_func=lambda p: Path(p).name)
+        return st.empty()
+
+
+def figure_pack_button(slot) -> None:
+    """The one-click zip of every figure shown in this session (PNG + SVG, presentation style)."""
+    figures = st.session_state.get("figures") or {}
+    slot.download_button(
+        f"Figure pack (zip, {len(figures)} figures)", data=lambda f=dict(figures): export.figure_pack(f),
+        file_name="task2vec-figures.zip", mime="application/zip", on_click="ignore",
+        disabled=not figures, key="figure_pack", width="stretch", icon=":material/folder_zip:",
+        help="PNG and SVG of every figure shown in this session, in presentation style")
+
+
+def _library_typed() -> None:
+    state.set_library(st.session_state["w_db_input"].strip())
+
+
+def _library_picked() -> None:
+    state.set_library(st.session_state["w_db_pick"])
+
+
+def _library_files() -> list[str]:
+    roots = {state.DEFAULT_LIBRARY.parent, Path.cwd()}
+    files = sorted({str(p) for r in roots if r.is_dir() for p in r.glob("*.duckdb")})
+    return files[:50]
+
+
+def show_figure(fig: go.Figure, name: str, *, key: str, on_select=None, height: int | None = None,
+                **kwargs):
+    """Draw ``fig``, offer it as PNG and SVG, and put it in the session's figure pack.
+
+    ``name`` titles the exported file; ``on_select`` (a callback) makes the chart selectable.
+    Returns what ``st.plotly_chart`` returns.
+    """
+    st.session_state.setdefault("figures", {})[name] = fig
+    args = dict(key=key, theme=None, config={"displaylogo": False, "toImageButtonOptions": {
+        "format": "svg", "filename": export.file_stem(name)}}, **kwargs)
+    if height:
+        args["height"] = height
+    if on_select is not None:
+        args.update(on_select=on_select, selection_mode=("points", "box", "lasso"))
+    event = st.plotly_chart(fig, **args)
+    cols = st.columns([1, 1, 4])
+    for col, fmt in zip(cols, ("png", "svg")):
+        col.download_button(fmt.upper(), data=lambda f=fig, t=fmt: export.to_image(f, t),
+                            file_name=f"{export.file_stem(name)}.{fmt}", mime=export.MIME[fmt],
+                            on_click="ignore", key=f"{key}_{fmt}", icon=":material/download:",
+                            help=f"{name} as {fmt.upper()} (presentation style)")
+    return event

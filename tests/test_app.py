@@ -1,0 +1,445 @@
+"""The explorer's pages under streamlit.testing.v1.AppTest, on a real library file.
+
+Every assertion is about what the page shows: task names and counts, distances, correlations,
+the numbers of the Table 1 analog, and the messages shown when a library lacks a table.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy.stats import spearmanr
+from streamlit.testing.v1 import AppTest
+
+from conftest import APP_DIGIT_PAIRS, APP_FASHION_PAIRS, APP_SELECTION, app_expert_errors
+from explorer import figures, state
+from explorer import upload as up
+from precompute import analysis, distances, store
+from precompute.errors import Task2VecError
+
+PAGES = {"map": "explorer/pages/task_map.py", "taxonomy": "explorer/pages/taxonomy.py",
+         "difficulty": "explorer/pages/difficulty.py", "selection": "explorer/pages/model_selection.py",
+         "upload": "explorer/pages/upload.py"}
+N_TASKS = len(APP_DIGIT_PAIRS) + len(APP_FASHION_PAIRS)
+
+
+def open_app(db, page: str = "map", **params) -> AppTest:
+    at = AppTest.from_file("../app.py", default_timeout=180)
+    at.query_params["db"] = str(db)
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    if page != "map":
+        at.switch_page(PAGES[page]).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def arr(value) -> np.ndarray:
+    """A numeric array from figure JSON (plotly 7 writes typed arrays as base64 ``bdata``)."""
+    if isinstance(value, dict) and "bdata" in value:
+        data = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        return data.reshape(value["shape"]) if "shape" in value else data
+    return np.asarray(value)
+
+
+def points(chart: dict) -> dict[str, str]:
+    """task id -> trace name for every task point of a map (the highlight ring excluded)."""
+    return {cd[0]: tr["name"] for tr in chart["data"] if tr["name"] != "selected"
+            for cd in tr.get("customdata") or [] if cd[0]}
+
+
+@pytest.fixture(scope="module")
+def library(app_library):
+    con = duckdb.connect(str(app_library), read_only=True)
+    try:
+        ids, fisher = store.embedding_matrix(con, "montecarlo")
+        tasks = con.execute("SELECT task_id, name, family, taxonomy, num_train FROM tasks "
+                            "ORDER BY task_id").df().set_index("task_id")
+    finally:
+        con.close()
+    return {"ids": ids, "fisher": fisher, "tasks": tasks}
+
+
+# ------------------------------------------------------------------------------ task map
+
+
+def test_task_map_shows_both_maps_of_every_task(app_library, library):
+    at = open_app(app_library)
+    assert at.title[0].value == "Task map"
+    assert f"{N_TASKS} tasks in 2 families" in at.caption[0].value
+    task_map, domain_map = charts(at)
+    assert "Task space" in task_map["layout"]["title"]["text"]
+    assert "Domain space" in domain_map["layout"]["title"]["text"]
+    for chart in (task_map, domain_map):
+        shown = points(chart)
+        assert sorted(shown) == library["ids"]
+        assert {shown[t] for t in shown} == {"digits", "fashion"}  # coloured by family
+    # same family -> same colour on both maps
+    colour = lambda chart: {tr["name"]: tr["marker"]["color"] for tr in chart["data"]}
+    assert colour(task_map) == colour(domain_map) == {
+        f: c for f, c in figures.category_colors(["digits", "fashion"]).items()}
+    # the view state is in the URL
+    assert at.query_params["db"] == [str(app_library)] or at.query_params["db"] == str(app_library)
+
+
+def test_colour_by_taxonomy_level_and_algorithm_from_the_url(app_library):
+    at = open_app(app_library, color="level:1", algo="umap")
+    assert at.selectbox(key="w_color").value == "level:1"
+    assert at.selectbox(key="w_algo").value == "umap"
+    task_map = charts(at)[0]
+    assert "UMAP" in task_map["layout"]["title"]["text"]
+    groups = {g for _, _, g in APP_DIGIT_PAIRS + APP_FASHION_PAIRS}
+    assert set(points(task_map).values()) == groups
+    labels = at.selectbox(key="w_color").options
+    assert "taxonomy level 3" in labels and "embedding norm" in labels
+    assert "best-expert test error" not in labels  # no experts in this library
+
+
+def test_colour_by_norm_is_one_continuous_trace(app_library, library):
+    at = open_app(app_library, color="norm")
+    traces = charts(at)[0]["data"]
+    assert len(traces) == 1 and traces[0]["marker"]["colorscale"]
+    con = duckdb.connect(str(app_library), read_only=True)
+    norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method='montecarlo'").fetchall())
+    con.close()
+    shown = {cd[0]: c for cd, c in zip(traces[0]["customdata"], arr(traces[0]["marker"]["color"]))}
+    assert shown == pytest.approx(norms)
+
+
+def test_task_card_from_the_url_shows_nearest_tasks_by_symmetric_distance(app_library, library):
+    task = "digits/3-vs-8"
+    at = open_app(app_library, task=task)
+    assert at.subheader[0].value == "digits 3 vs 8"
+    nearest = at.dataframe(key="card_nearest").value
+    assert len(nearest) == N_TASKS - 1
+    # hand check: the distances are d_sym of the decoded embeddings (paper section 3.3)
+    i = library["ids"].index(task)
+    expected = {library["tasks"].at[t, "name"]: distances.symmetric(library["fisher"][i], library["fisher"][j])
+                for j, t in enumerate(library["ids"]) if t != task}
+    shown = dict(zip(nearest["name"], nearest["distance"]))
+    assert shown == pytest.approx(expected, rel=1e-4)
+    assert list(nearest["distance"]) == sorted(nearest["distance"])
+    classes = at.dataframe(key="card_classes").value
+    assert list(classes["class"]) == ["3", "8"] and classes["images"].sum() == 30
+    assert any("30 training / 10 test images" in m.value for m in at.markdown)
+    assert any("no experts yet" in i.value for i in at.info)
+    # the selected task is highlighted on both maps
+    for chart in charts(at):
+        ring = [tr for tr in chart["data"] if tr["name"] == "selected"]
+        assert [cd[0] for cd in ring[0]["customdata"]] == [task]
+    assert at.query_params["task"] in (task, [task])
+
+
+def test_choosing_a_task_in_the_picker_opens_its_card_and_selection_export(app_library):
+    at = open_app(app_library)
+    assert not at.subheader
+    at.selectbox(key="w_task").select("fashion/5-vs-7").run()
+    assert at.subheader[0].value == "fashion 5 vs 7"
+    assert any("1 task selected" in m.value for m in at.markdown)
+    labels = [b.label for b in at.get("download_button")]
+    assert "Selection (CSV)" in labels
+    assert "Figure pack (zip, 2 figures)" in labels
+
+
+def test_unknown_task_in_an_old_link_is_ignored(app_library):
+    at = open_app(app_library, task="nope/does-not-exist")
+    assert not at.subheader and not at.error
+
+
+# ------------------------------------------------------------------------------ taxonomy
+
+
+def test_taxonomy_page_correlation_matches_the_analysis_code(app_library, library):
+    at = open_app(app_library, "taxonomy")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Tasks"] == str(N_TASKS)
+    view = analysis.LibraryView.load(app_library)
+    rho, _ = analysis.taxonomy_correlation(view.task_distance, analysis.taxonomy_matrix(view.taxonomy))
+    assert metrics["Spearman ρ (TASK2VEC vs taxonomy)"] == f"{rho:.3f}"
+    rho_dom, _ = analysis.taxonomy_correlation(view.domain_distance, analysis.taxonomy_matrix(view.taxonomy))
+    assert metrics["Spearman ρ (domain embedding)"] == f"{rho_dom:.3f}"
+    heat, curve = charts(at)
+    # heatmap: N x N in clustering order with the task names on the axes
+    matrix = [tr for tr in heat["data"] if tr["type"] == "heatmap"][-1]
+    assert arr(matrix["z"]).shape == (N_TASKS, N_TASKS)
+    assert sorted(heat["layout"]["xaxis3"]["ticktext"]) == sorted(library["tasks"]["name"])
+    legend = {tr["name"] for tr in heat["data"] if tr.get("showlegend")}
+    assert legend == {g for _, _, g in APP_DIGIT_PAIRS + APP_FASHION_PAIRS}  # level 2 colour bar
+    names = [tr["name"] for tr in curve["data"]]
+    assert names[0] == "TASK2VEC" and "chance" in names
+    chance = arr([tr for tr in curve["data"] if tr["name"] == "chance"][0]["y"])
+    tax = analysis.taxonomy_matrix(view.taxonomy)
+    assert chance[0] == pytest.approx(tax[~np.eye(N_TASKS, dtype=bool)].mean())
+
+
+def test_taxonomy_filter_to_a_family(app_library):
+    at = open_app(app_library, "taxonomy", branch="family:digits", level="2")
+    assert {m.label: m.value for m in at.metric}["Tasks"] == str(len(APP_DIGIT_PAIRS))
+    heat = charts(at)[0]
+    assert heat["layout"]["title"]["text"].endswith("family digits")
+    assert {tr["name"] for tr in heat["data"] if tr.get("showlegend")} == {
+        f"{a}-vs-{b}" for a, b, _ in APP_DIGIT_PAIRS}
+
+
+def test_taxonomy_link_to_a_branch_too_small_falls_back_to_all_tasks(app_library):
+    at = open_app(app_library, "taxonomy", branch="tax:fashion/tops")
+    # one task in that branch: not offered as a filter
+    assert {m.label: m.value for m in at.metric}["Tasks"] == str(N_TASKS)
+
+
+# ------------------------------------------------------------------------------ experts pages
+
+
+@pytest.mark.parametrize("page", ["difficulty", "selection"])
+def test_pages_without_experts_explain_how_to_build_them(app_library, page):
+    at = open_app(app_library, page)
+    assert any("no experts yet" in i.value and "python -m precompute experts" in i.value
+               for i in at.info)
+    assert not charts(at)
+
+
+def test_difficulty_page_correlation_of_norm_and_best_error(app_library_experts, library):
+    at = open_app(app_library_experts, "difficulty")
+    errors = app_expert_errors(library["ids"])
+    best = [min(v for (e, t), v in errors.items() if t == tid) for tid in library["ids"]]
+    con = duckdb.connect(str(app_library_experts), read_only=True)
+    norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method='montecarlo'").fetchall())
+    con.close()
+    rho = spearmanr([norms[t] for t in library["ids"]], best).statistic
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Tasks"] == str(N_TASKS)
+    assert metrics["Spearman ρ (norm vs error)"] == f"{rho:.3f}"
+    fig = charts(at)[0]
+    ys = sorted(y for tr in fig["data"] if tr["name"] in ("digits", "fashion") for y in arr(tr["y"]))
+    assert ys == pytest.approx(sorted(100 * b for b in best))
+
+
+def test_model_selection_page_shows_table1_and_picks(app_library_experts, library):
+    at = open_app(app_library_experts, "selection")
+    table = at.dataframe(key="table1").value
+    assert list(table["selector"]) == ["model2vec", "task2vec", "chance"]  # best first
+    assert list(table["relative error increase (%)"]) == pytest.approx([5.0, 12.0, 40.0])
+    assert list(table["top-1 (%)"]) == pytest.approx([75.0, 50.0, 33.0])
+    assert any("5.50%" in c.value for c in at.caption)  # optimal error
+    bars, spread = charts(at)
+    assert bars["data"][0]["text"] == ["+5.0%", "+12.0%", "+40.0%"]
+    names = {tr["name"] for tr in spread["data"]}
+    assert {"experts", "best expert", "model2vec", "task2vec"} <= names
+    # model2vec picks each family's own expert, which is the best one here
+    m2v = [tr for tr in spread["data"] if tr["name"] == "model2vec"][0]
+    best = [tr for tr in spread["data"] if tr["name"] == "best expert"][0]
+    assert sorted(arr(m2v["y"])) == pytest.approx(sorted(arr(best["y"])))
+    assert len(spread["layout"]["xaxis"]["ticktext"]) == N_TASKS
+
+
+def test_task_card_lists_best_experts_and_colour_by_error(app_library_experts):
+    at = open_app(app_library_experts, task="fashion/7-vs-9", color="best_error")
+    experts = at.dataframe(key="card_experts").value
+    assert list(experts["name"]) == ["fashion expert", "ImageNet", "digits expert"]
+    assert experts["test error (%)"].iloc[0] == pytest.approx(100 * (0.02 + 0.01 * 7))
+
+
+# ------------------------------------------------------------------------------ library choice
+
+
+def test_missing_library_file_gives_a_message_not_a_traceback(tmp_path):
+    at = open_app(tmp_path / "nothing.duckdb")
+    assert "no library file at" in at.error[0].value
+
+
+def test_a_file_that_is_not_a_library_is_refused(tmp_path):
+    db = tmp_path / "other.duckdb"
+    duckdb.connect(str(db)).execute("CREATE TABLE t (x INTEGER)").close()
+    at = open_app(db)
+    assert "is not a task library" in at.error[0].value
+
+
+def test_switching_library_in_the_sidebar(app_library, app_library_experts):
+    at = open_app(app_library, task="digits/0-vs-1")
+    at.text_input(key="w_db_input").input(str(app_library_experts)).run()
+    assert "best-expert test error" in at.selectbox(key="w_color").options
+    assert not at.subheader  # the selection belonged to the other library
+
+
+def test_library_from_command_line_arguments():
+    assert state.library_from_args(["--db", "a.duckdb"]) == "a.duckdb"
+    assert state.library_from_args(["--db=b.duckdb"]) == "b.duckdb"
+    assert state.library_from_args(["-x"]) is None
+
+
+def test_library_file_is_never_written(app_library, library):
+    before = app_library.stat().st_mtime_ns
+    open_app(app_library, "taxonomy")
+    open_app(app_library, task="digits/0-vs-1")
+    assert app_library.stat().st_mtime_ns == before
+
+
+# ------------------------------------------------------------------------------ upload
+
+
+def zip_of_class_folders(images, labels, classes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k, (img, lab) in enumerate(zip(images, labels)):
+            if lab in classes:
+                png = io.BytesIO()
+                Image.fromarray(img).save(png, format="PNG")
+                zf.writestr(f"task/{lab}/{k}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def test_upload_is_placed_among_its_nearest_tasks(app_library, digits, tmp_path):
+    from explorer import store as estore
+
+    images, labels = digits
+    data = zip_of_class_folders(images[300:360], labels[300:360], {3, 8})
+    lib = estore.open_library(app_library)
+    result = up.process(lib, [("pairs.zip", data)], tmp_path, "efficientnet_lite0", "my 3 vs 8")
+    assert result["size"] == sum(1 for l in labels[300:360] if l in {3, 8})
+    assert result["classes"] == ["3", "8"]
+    nearest = result["nearest"]
+    assert len(nearest) == N_TASKS and list(nearest["distance"]) == sorted(nearest["distance"])
+    # the position on each map is the 1/d-weighted mean of the 5 nearest tasks' positions
+    xy = lib.map_xy("task", "tsne")
+    near = nearest["distance"].iloc[:up.NEIGHBOURS]
+    w = 1 / near.to_numpy()
+    expect = (w[:, None] * xy.loc[near.index].to_numpy()).sum(0) / w.sum()
+    assert result["positions"]["task"]["tsne"] == pytest.approx(tuple(expect))
+    assert set(result["positions"]) == {"task", "domain"}
+    assert result["experts"] is None and "no experts yet" in result["experts_note"]
+    # the embedding file round-trips and is the library's kind of embedding
+    from precompute import TaskEmbedding
+
+    (tmp_path / "e.npz").write_bytes(result["embedding_npz"])
+    emb = TaskEmbedding.load(tmp_path / "e.npz")
+    assert emb.method == "montecarlo" and emb.meta["input_size"] == 32
+    assert emb.values.shape == (library_filters(app_library),)
+
+
+def library_filters(db) -> int:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return store.get_info(con)["filters"]
+    finally:
+        con.close()
+
+
+def test_upload_of_images_with_a_labels_csv(tmp_path, digits):
+    images, labels = digits
+    files, rows = [], ["path,label"]
+    for k in range(12):
+        png = io.BytesIO()
+        Image.fromarray(images[k]).save(png, format="PNG")
+        files.append((f"img{k}.png", png.getvalue()))
+        rows.append(f"some/folder/img{k}.png,{labels[k] % 2}")
+    files.append(("labels.csv", "\n".join(rows).encode()))
+    path = up.save_uploads(files, tmp_path)
+    from precompute.tasks import load_task
+
+    task = load_task(path, input_size=32)
+    assert task.size == 12 and task.classes == ["0", "1"]
+
+
+@pytest.mark.parametrize("files, phrase", [
+    ([("a.zip", b"PK"), ("b.csv", b"path,label")], "not a zip together with other files"),
+    ([("a.png", b"x")], "one .csv with path,label columns"),
+    ([("a.png", b"x"), ("l.csv", b"file,class\na.png,1")], "needs a header with path and label"),
+    ([("notes.txt", b"x"), ("l.csv", b"path,label\n")], "neither an image nor the labels .csv"),
+])
+def test_bad_uploads_are_refused_before_any_work(tmp_path, files, phrase):
+    with pytest.raises(Task2VecError, match=phrase):
+        up.save_uploads(files, tmp_path)
+
+
+def test_upload_with_one_class_gives_the_readers_message(app_library, digits, tmp_path):
+    from explorer import store as estore
+
+    images, labels = digits
+    data = zip_of_class_folders(images[:100], labels[:100], {3})
+    lib = estore.open_library(app_library)
+    with pytest.raises(Task2VecError, match="class"):
+        up.process(lib, [("one.zip", data)], tmp_path, "efficientnet_lite0", "one class")
+
+
+def test_upload_page_shows_a_stored_result(app_library, digits, tmp_path):
+    from explorer import store as estore
+
+    images, labels = digits
+    lib = estore.open_library(app_library)
+    result = up.process(lib, [("p.zip", zip_of_class_folders(images[400:460], labels[400:460], {1, 7}))],
+                        tmp_path, "efficientnet_lite0", "ones and sevens")
+    at = AppTest.from_file("../app.py", default_timeout=180)
+    at.query_params["db"] = str(app_library)
+    at.run()
+    at.session_state["upload"] = result
+    at.switch_page(PAGES["upload"]).run()
+    assert not at.exception
+    assert at.subheader[0].value.startswith("ones and sevens")
+    shown = at.dataframe(key="upload_nearest").value
+    assert list(shown["name"]) == list(result["nearest"]["name"])
+    assert "efficientnet_lite0" in at.caption[0].value
+    maps = charts(at)
+    assert [tr for tr in maps[0]["data"] if tr["name"] == "upload: ones and sevens"]
+    # the task map page shows the upload too
+    at.switch_page(PAGES["map"]).run()
+    assert any(tr["name"] == "upload: ones and sevens" for tr in charts(at)[0]["data"])
+
+
+# ------------------------------------------------------------------------------ figures / export
+
+
+def test_family_colours_are_stable_and_distinct():
+    a = figures.category_colors(["b", "a", "c", "a"])
+    assert a == figures.category_colors(["c", "b", "a"])
+    assert len(set(a.values())) == 3
+
+
+def test_heatmap_hides_labels_that_would_overlap(app_library):
+    from explorer import store as estore
+
+    lib = estore.open_library(app_library)
+    dist = estore.distance_matrix(lib)
+    fig = figures.distance_heatmap(dist, lib.tasks, 1, max_labels=4)
+    assert fig.layout.xaxis3.showticklabels is False and fig.layout.yaxis3.showticklabels is False
+
+
+def test_export_png_svg_and_pack():
+    from explorer import export
+
+    fig = figures.neighbourhood_figure({"k": np.arange(1, 4), "embedding": [1, 2, 3],
+                                        "taxonomy": [0.5, 1, 2], "chance": [3, 3, 3]}, 0.5)
+    png = export.to_image(fig, "png")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = Image.open(io.BytesIO(png)).size
+    assert (w, h) == (export.WIDTH * export.PNG_SCALE, export.HEIGHT * export.PNG_SCALE)
+    svg = export.to_image(fig, "svg").decode()
+    assert svg.startswith("<svg") and "chance" in svg
+    pack = zipfile.ZipFile(io.BytesIO(export.figure_pack({"Curve one": fig})))
+    assert sorted(pack.namelist()) == ["curve-one.png", "curve-one.svg"]
+    with pytest.raises(Task2VecError, match="png or svg"):
+        export.to_image(fig, "gif")
+
+
+def test_large_maps_stay_vector_graphics():
+    n = 1500
+    rng = np.random.default_rng(0)
+    tasks = pd.DataFrame({"family": rng.choice(["a", "b"], n), "name": [f"t{i}" for i in range(n)],
+                          "taxonomy": [("r", "x")] * n, "classes": [("c1", "c2")] * n,
+                          "size": 10, "norm": 1.0, "best_error": np.nan},
+                         index=[f"id{i}" for i in range(n)])
+    xy = pd.DataFrame(rng.normal(size=(n, 2)), columns=["x", "y"], index=tasks.index)
+    fig = figures.task_map(tasks, xy)
+    assert {tr.type for tr in fig.data} == {"scatter"}  # not scattergl: SVG export keeps vectors
+    assert sum(len(tr.x) for tr in fig.data) == n
