@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := dataset-fashion-mnist fonts-noto-core
+DEBIAN_PACKAGES := dataset-fashion-mnist fonts-noto-core chromium
 
-.PHONY: setup test bench clean
+.PHONY: setup test bench app clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The explorer on the embedded demo library (another: make app ARGS="-- --db FILE").
+app: setup
+	$(BIN)/streamlit run app.py $(ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_embed.py
