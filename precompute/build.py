@@ -96,28 +96,41 @@ def _check_resume(con, settings: dict, work: Path) -> None:
                             f"{work}: run with the same options to resume, or delete that file")
 
 
+def _load_task(spec: TaskSpec, input_size: int):
+    """Decode one task's train split (the test split is decoded later, by the experts)."""
+    records = list(spec.records())
+    if not any(r.split == "train" for r in records):
+        raise Task2VecError(f"task {spec.task_id} has no training images")
+    train = task_data(spec.task_id, records, "train", input_size)
+    if train.num_classes < 2:
+        raise Task2VecError(f"task {spec.task_id} has fewer than 2 classes")
+    return train, sum(r.split == "test" for r in records)
+
+
 def _embed_tasks(con, todo: Sequence[TaskSpec], probe_net, methods, input_size: int, device: str,
                  seed: int, progress: bool) -> float:
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     bar = tqdm(todo, desc="embedding tasks", unit="task", disable=not progress)
-    for spec in bar:
-        bar.set_postfix_str(spec.task_id[-40:])
-        records = list(spec.records())
-        if not any(r.split == "train" for r in records):
-            raise Task2VecError(f"task {spec.task_id} has no training images")
-        # Only the train split is embedded; the test split is decoded later, by the experts.
-        train = task_data(spec.task_id, records, "train", input_size)
-        if train.num_classes < 2:
-            raise Task2VecError(f"task {spec.task_id} has fewer than 2 classes")
-        embeddings = embed_methods(train, probe_net, methods=methods, input_size=input_size,
-                                   device=device, seed=task_seed(seed, spec.task_id))
-        task_row = {"task_id": spec.task_id, "family": spec.family, "name": spec.name,
-                    "taxonomy": spec.taxonomy, "classes": train.classes,
-                    "class_counts": train.class_counts(), "num_train": train.size,
-                    "num_test": sum(r.split == "test" for r in records), "meta": spec.meta}
-        store.write_task(con, task_row, embeddings, _thumbnails(train))
+    # The next task is decoded in a background thread while this one is embedded, so the
+    # device never waits for image decoding (PIL and numpy release the GIL).
+    with ThreadPoolExecutor(max_workers=1) as loader:
+        pending = loader.submit(_load_task, todo[0], input_size) if todo else None
+        for i, spec in enumerate(bar):
+            bar.set_postfix_str(spec.task_id[-40:])
+            train, num_test = pending.result()
+            if i + 1 < len(todo):
+                pending = loader.submit(_load_task, todo[i + 1], input_size)
+            embeddings = embed_methods(train, probe_net, methods=methods, input_size=input_size,
+                                       device=device, seed=task_seed(seed, spec.task_id))
+            task_row = {"task_id": spec.task_id, "family": spec.family, "name": spec.name,
+                        "taxonomy": spec.taxonomy, "classes": train.classes,
+                        "class_counts": train.class_counts(), "num_train": train.size,
+                        "num_test": num_test, "meta": spec.meta}
+            store.write_task(con, task_row, embeddings, _thumbnails(train))
     return time.perf_counter() - t_start
 
 
