@@ -46,6 +46,38 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyse", help="taxonomy and shared-domain checks of a library file")
     a.add_argument("--db", required=True)
     a.add_argument("--k", type=int, default=5, help="neighbours for the shared-domain check")
+
+    from .experts import DEFAULT_EXPERTS, DEFAULT_SOURCES, DEFAULT_STEPS, EXPERT_MAX_IMAGES, MAX_TEST, MAX_TRAIN
+
+    x = sub.add_parser("experts", help="fine-tune the expert library of a built library file (resumable)")
+    x.add_argument("library", help="the LIBRARY the file was built from (demo, paper, folder or CSV)")
+    x.add_argument("--db", required=True, help="library file made by build (experts are added to it)")
+    x.add_argument("--root", help="dataset root (for the paper library)")
+    x.add_argument("--cache", default="cache", help="folder for expert weights and cached features "
+                   "(default: ./cache, git-ignored)")
+    x.add_argument("--experts", type=int, default=DEFAULT_EXPERTS, help="fine-tuned experts (+ ImageNet)")
+    x.add_argument("--sources", type=int, default=DEFAULT_SOURCES, help="source tasks per expert")
+    x.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="fine-tuning steps per expert")
+    x.add_argument("--max-images", type=int, default=EXPERT_MAX_IMAGES, help="training images per expert")
+    x.add_argument("--device", default="cpu")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--quiet", action="store_true")
+
+    m = sub.add_parser("matrix", help="performance matrix: linear classifier per expert and task (resumable)")
+    m.add_argument("library", help="the LIBRARY the file was built from")
+    m.add_argument("--db", required=True)
+    m.add_argument("--root", help="dataset root (for the paper library)")
+    m.add_argument("--cache", default="cache")
+    m.add_argument("--max-train", type=int, default=MAX_TRAIN, help="train images per task (stratified)")
+    m.add_argument("--max-test", type=int, default=MAX_TEST, help="test images per task (stratified)")
+    m.add_argument("--device", default="cpu")
+    m.add_argument("--quiet", action="store_true")
+
+    v = sub.add_parser("evaluate", help="model selection: Table 1 of the paper for this library")
+    v.add_argument("--db", required=True)
+    v.add_argument("--seeds", type=int, default=5, help="seeds of the task split")
+    v.add_argument("--folds", type=int, default=3, help="folds over tasks per seed")
+    v.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -123,10 +155,81 @@ def _analyse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _library_file(args: argparse.Namespace):
+    """The library file opened for writing, and the library's specs read with its build seed."""
+    from . import store
+
+    con = store.open_library(args.db)
+    try:
+        info = store.get_info(con)
+        if Path(str(info.get("library"))).name != Path(args.library).name:
+            raise Task2VecError(f"{args.db} was built from library {info.get('library')!r}, "
+                                f"not {args.library!r}")
+        args.seed_library = int(info.get("seed", 0))
+        saved, args.seed = getattr(args, "seed", None), args.seed_library
+        try:
+            specs = _library_specs(args)
+        finally:
+            args.seed = saved
+    except BaseException:
+        con.close()
+        raise
+    return con, specs
+
+
+def _experts(args: argparse.Namespace) -> int:
+    from .experts import build_experts
+
+    con, specs = _library_file(args)
+    try:
+        plans = build_experts(con, specs, args.cache, num_experts=args.experts, sources=args.sources,
+                              steps=args.steps, max_images=args.max_images, seed=args.seed,
+                              device=args.device, progress=not args.quiet)
+        rows = con.execute("SELECT expert_id, meta->>'seconds', meta->>'images' FROM experts "
+                           "ORDER BY expert_id").fetchall()
+    finally:
+        con.close()
+    for expert_id, seconds, images in rows:
+        print(f"{expert_id:<60} {images:>6} images {float(seconds):8.2f} s")
+    print(f"{len(plans)} experts in {args.db}")
+    return 0
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    from .experts import compute_matrix
+
+    con, specs = _library_file(args)
+    try:
+        timings = compute_matrix(con, specs, args.cache, device=args.device, max_train=args.max_train,
+                                 max_test=args.max_test, progress=not args.quiet)
+        n = con.execute("SELECT count(*), avg(seconds) FROM performance").fetchone()
+    finally:
+        con.close()
+    tail = sum(timings["tail_s"].values())
+    print(f"performance matrix: {n[0]} expert-task pairs in {args.db} ({timings['pairs']} this run; "
+          f"trunk {timings['trunk_s']:.1f} s, expert features {tail:.1f} s, "
+          f"classifiers {timings['fit_s']:.1f} s)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from . import store
+    from .selection import evaluate, table1
+
+    con = store.open_library(args.db)
+    try:
+        summary = evaluate(con, seeds=args.seeds, folds=args.folds, progress=not args.quiet)
+    finally:
+        con.close()
+    print(table1(summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"embed": _embed, "build": _build, "analyse": _analyse}[args.command](args)
+        return {"embed": _embed, "build": _build, "analyse": _analyse, "experts": _experts,
+                "matrix": _matrix, "evaluate": _evaluate}[args.command](args)
     except Task2VecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

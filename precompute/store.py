@@ -111,3 +111,67 @@ def write_map(con: duckdb.DuckDBPyConnection, space: str, algorithm: str, ids: l
     con.execute("INSERT OR REPLACE INTO map_params VALUES (?, ?, ?)",
                 [space, algorithm, json.dumps(params)])
     con.execute("COMMIT")
+
+
+# ----------------------------------------------------------------------------------------------
+# Experts, the performance matrix and model selection (docs/ARCHITECTURE.md, "Experts").
+
+
+def expert_schema(dim: int) -> str:
+    """Tables written by ``python -m precompute experts / matrix / evaluate``.
+
+    ``expert_embeddings.value`` and ``model2vec.bias`` are bfloat16 bits (:func:`encode`) like
+    ``embeddings.value``; the Model2Vec bias is in log-Fisher units (m_i = F_i * exp(b_i)).
+    """
+    return f"""
+    CREATE TABLE IF NOT EXISTS experts (
+        expert_id VARCHAR PRIMARY KEY, name VARCHAR, kind VARCHAR, source_tasks VARCHAR[],
+        meta JSON);
+    CREATE TABLE IF NOT EXISTS expert_embeddings (
+        expert_id VARCHAR PRIMARY KEY, value USMALLINT[{dim}], trivial_level DOUBLE, norm DOUBLE);
+    CREATE TABLE IF NOT EXISTS performance (
+        expert_id VARCHAR, task_id VARCHAR, test_error DOUBLE, train_error DOUBLE, seconds DOUBLE,
+        PRIMARY KEY (expert_id, task_id));
+    CREATE TABLE IF NOT EXISTS feature_scores (
+        expert_id VARCHAR, task_id VARCHAR, logme DOUBLE, knn_accuracy DOUBLE,
+        feature_seconds DOUBLE, logme_seconds DOUBLE, knn_seconds DOUBLE,
+        PRIMARY KEY (expert_id, task_id));
+    CREATE TABLE IF NOT EXISTS model2vec (
+        expert_id VARCHAR PRIMARY KEY, bias USMALLINT[{dim}], meta JSON);
+    CREATE TABLE IF NOT EXISTS selector_rankings (
+        selector VARCHAR, task_id VARCHAR, ranking VARCHAR[], PRIMARY KEY (selector, task_id));
+    CREATE TABLE IF NOT EXISTS selection_results (
+        selector VARCHAR PRIMARY KEY, relative_error_increase DOUBLE,
+        relative_error_increase_std DOUBLE, top1 DOUBLE, top3 DOUBLE, seconds DOUBLE, meta JSON);
+    """
+
+
+def open_library(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a finished library file (made by ``build``) for the expert stages.
+
+    Raises :class:`~precompute.errors.Task2VecError` if the file is missing, locked, or has no
+    embeddings; with ``read_only=False`` the expert tables are created if absent.
+    """
+    from .errors import Task2VecError
+
+    path = Path(path)
+    if not path.is_file():
+        raise Task2VecError(f"no such library file: {path} (build it with python -m precompute build)")
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except Exception as exc:  # duckdb raises its own types for locked or foreign files
+        raise Task2VecError(f"cannot open {path}: {str(exc).splitlines()[0]}") from None
+    try:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        if not {"library_info", "tasks", "embeddings"} <= tables:
+            raise Task2VecError(f"{path} is not a task library (no embeddings table)")
+        info = get_info(con)
+        if not con.execute("SELECT count(*) FROM embeddings WHERE method = 'montecarlo'").fetchone()[0]:
+            raise Task2VecError(f"{path} has no montecarlo task embeddings; build it with "
+                                "--methods montecarlo,domain")
+        if not read_only:
+            con.execute(expert_schema(int(info["filters"])))
+    except BaseException:
+        con.close()
+        raise
+    return con

@@ -1,0 +1,709 @@
+"""Experts and the performance matrix (paper section 4, "Model selection").
+
+An *expert* is the library's probe network fine-tuned on a group of related source tasks; the
+generic *ImageNet expert* is the probe itself. For every expert and every task of the library a
+linear classifier is trained on the expert's frozen features (the task's train split) and its
+test error is the entry of the *performance matrix* that model selection is judged against.
+
+Why it is cheap enough for a 2-core CPU:
+
+- Only the *tail* of the probe is fine-tuned: the last stage and the 1x1 head convolution
+  (EfficientNet-Lite: last block + ``_conv_head`` + ``_bn1``, 1.0 M of 3.4 M backbone weights;
+  ResNet: ``layer4``). The *trunk* before it is frozen and identical for every expert, so its
+  activations are computed once per image and cached on disk (``<cache>/trunk/``); an expert
+  is then a few hundred Adam steps on cached trunk activations, and each expert's features
+  are one pass of its tail (57x cheaper than the whole network at 64 px, measured).
+- Features are computed once per image per expert, not once per task: images are keyed by a
+  content hash of their uint8 pixels at the input size, and the tail runs once per distinct
+  key (Fashion-MNIST tasks share images).
+- The matrix uses at most ``max_train`` / ``max_test`` images of a task (stratified by class,
+  seeded per task): 1,000 / 500 by default.
+
+An expert trained on several tasks has one linear head per source task over a shared tail
+(multi-task training), so the Fisher information of its training objective is the
+image-weighted mean of its source tasks' Fishers: that mean of the library's montecarlo
+embeddings is the expert's task embedding (``expert_embeddings``). The ImageNet expert's task
+(ImageNet) is not available here; as in the paper (section 3.4, "else we set it to zero") its
+Fisher is zero, i.e. its embedding is the trivial embedding.
+
+Expert weights live outside git in ``<cache>/weights/`` (plain ``torch.save(state_dict)``,
+loaded with ``weights_only=True``); the DuckDB file records their file name and sha256.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import store
+from .errors import Task2VecError
+from .libraries import TaskSpec, task_data
+from .probes import Probe, create
+from .task2vec import _device_name, _versions
+
+IMAGENET_EXPERT = "imagenet"
+DEFAULT_EXPERTS = 16  # fine-tuned experts; plus the ImageNet expert
+DEFAULT_SOURCES = 3  # source tasks per expert; the rest of its group stays novel
+DEFAULT_STEPS = 300
+BATCH_SIZE = 64
+EXPERT_MAX_IMAGES = 2000  # training images per expert (union of its sources, stratified)
+TAIL_LR, HEAD_LR = 5e-4, 5e-3  # Adam, cosine decay
+MAX_TRAIN, MAX_TEST = 1000, 500  # images per task in the performance matrix
+LINEAR_L2 = 1e-2  # L2 weight of the linear classifier (mean cross-entropy + l2/2 ||W||^2)
+LINEAR_MAX_ITER = 100
+KNN_K = 5
+COMMIT_EVERY = 25  # tasks per transaction in the matrix
+
+
+@dataclass(frozen=True)
+class ExpertPlan:
+    """One expert to train: the group of related tasks it stands for and its source tasks."""
+
+    expert_id: str
+    name: str
+    kind: str  # 'imagenet' | 'finetuned'
+    source_tasks: tuple[str, ...] = ()
+    group: tuple[str, ...] = ()  # taxonomy node (family first) the sources come from
+    group_size: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# choosing experts
+
+
+def _node_path(spec: TaskSpec) -> tuple[str, ...]:
+    """Family, then the taxonomy path above the task (the task itself is the leaf)."""
+    tax = tuple(spec.taxonomy)
+    if tax and tax[0] == spec.family:
+        tax = tax[1:]
+    return (spec.family, *tax[:-1])
+
+
+def plan_experts(specs: Sequence[TaskSpec], num_experts: int = DEFAULT_EXPERTS,
+                 sources: int = DEFAULT_SOURCES, sizes: dict[str, int] | None = None
+                 ) -> list[ExpertPlan]:
+    """Groups of related tasks from the library's taxonomy, one expert each, plus ImageNet.
+
+    Starting from the families, the largest group is split into its taxonomy children while
+    there are fewer than ``num_experts`` groups of at least 2 tasks (a split is kept only if
+    it yields at least one such child). Each expert is trained on the ``sources`` largest tasks
+    of its group (``sizes``: train images per task; ties by id); the group's other tasks are
+    related *novel* tasks for model selection. Deterministic: no seed needed.
+    """
+    if num_experts < 1 or sources < 1:
+        raise Task2VecError("--experts and --sources must be at least 1")
+    sizes = sizes or {}
+    paths = {s.task_id: _node_path(s) for s in specs}
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for tid, path in paths.items():
+        groups.setdefault(path[:1], []).append(tid)
+    final: dict[tuple[str, ...], list[str]] = {}
+
+    def children(node, members):
+        out: dict[tuple[str, ...], list[str]] = {}
+        for tid in members:
+            p = paths[tid]
+            if len(p) > len(node):
+                out.setdefault(p[:len(node) + 1], []).append(tid)
+        return {k: v for k, v in out.items() if len(v) >= 2}
+
+    while True:
+        usable = {k: v for k, v in {**groups, **final}.items() if len(v) >= 2}
+        if len(usable) >= num_experts or not groups:
+            break
+        node = max(groups, key=lambda k: (len(groups[k]), k))
+        members = groups.pop(node)
+        kids = children(node, members)
+        if kids:
+            groups.update(kids)
+        else:
+            final[node] = members  # leaves only: cannot split further
+    chosen = sorted({**groups, **final}.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    chosen = [(k, v) for k, v in chosen if len(v) >= 2][:num_experts]
+    plans = [ExpertPlan(IMAGENET_EXPERT, "ImageNet (generic)", "imagenet")]
+    for node, members in sorted(chosen):
+        ranked = sorted(members, key=lambda t: (-sizes.get(t, 0), t))
+        plans.append(ExpertPlan("expert/" + "/".join(node), node[-1], "finetuned",
+                                tuple(sorted(ranked[:sources])), node, len(members)))
+    return plans
+
+
+# ----------------------------------------------------------------------------------------------
+# trunk and tail of the probe
+
+
+class _LiteTrunk(nn.Module):
+    def __init__(self, backbone, split: int):
+        super().__init__()
+        self.stem, self.bn0 = backbone._conv_stem, backbone._bn0
+        self.blocks = nn.ModuleList(backbone._blocks[:split])
+
+    def forward(self, x):
+        x = F.relu6(self.bn0(self.stem(x)))
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+class _LiteTail(nn.Module):
+    def __init__(self, backbone, split: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(backbone._blocks[split:])
+        self.head, self.bn = backbone._conv_head, backbone._bn1
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return F.relu6(self.bn(self.head(x))).mean(dim=(2, 3))
+
+
+class _Pooled(nn.Sequential):
+    def forward(self, x):
+        x = super().forward(x)
+        return x.mean(dim=(2, 3)) if x.dim() == 4 else x.flatten(1)
+
+
+def split_probe(probe: Probe) -> tuple[nn.Module, nn.Module]:
+    """(trunk, tail) with ``tail(trunk(x)) == probe.backbone(x)``; both share the probe's weights.
+
+    EfficientNet-Lite: the tail is the last block (stage 7) and the head convolution; ResNet:
+    ``layer4``; a plain ``nn.Sequential`` backbone: from its last convolution on.
+    """
+    bb = probe.backbone
+    from .probes.efficientnet_lite import _STAGES, EfficientNetLiteBackbone
+
+    if isinstance(bb, EfficientNetLiteBackbone):
+        split = len(bb._blocks) - _STAGES[-1][0]  # the last stage's repeats are not scaled
+        return _LiteTrunk(bb, split), _LiteTail(bb, split)
+    if hasattr(bb, "layer4") and hasattr(bb, "layer3"):  # torchvision ResNet
+        trunk = nn.Sequential(bb.conv1, bb.bn1, bb.relu, bb.maxpool, bb.layer1, bb.layer2, bb.layer3)
+        return trunk, _Pooled(bb.layer4)
+    if isinstance(bb, nn.Sequential):
+        convs = [i for i, m in enumerate(bb) if isinstance(m, nn.Conv2d)]
+        if convs:
+            return nn.Sequential(*bb[:convs[-1]]), _Pooled(*bb[convs[-1]:])
+    raise Task2VecError(f"probe {probe.name!r} cannot be split into a frozen trunk and a tail")
+
+
+def image_keys(images: torch.Tensor) -> list[str]:
+    """Content hash of each uint8 image ``[N, 3, S, S]``: identical pixels, identical key."""
+    arr = np.ascontiguousarray(images.numpy())
+    return [hashlib.blake2b(a.tobytes(), digest_size=12).hexdigest() for a in arr]
+
+
+def stratified_cap(labels: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of at most ``cap`` items, proportional per class (each class keeps >= 1), sorted."""
+    n = len(labels)
+    if n <= cap:
+        return np.arange(n)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = np.maximum(1, np.floor(counts * cap / n)).astype(int)
+    extra = cap - quota.sum()
+    for i in np.argsort(-(counts * cap / n - np.floor(counts * cap / n)), kind="stable"):
+        if extra <= 0:
+            break
+        if quota[i] < counts[i]:
+            quota[i] += 1
+            extra -= 1
+    picks = [rng.choice(np.flatnonzero(labels == c), min(q, cnt), replace=False)
+             for c, q, cnt in zip(classes, quota, counts)]
+    return np.sort(np.concatenate(picks))
+
+
+# ----------------------------------------------------------------------------------------------
+# the trunk cache: per task, the capped train/test images' keys, labels and trunk activations
+
+
+@dataclass
+class TaskFeatures:
+    """A task's capped splits as trunk activations (float16) with image keys and labels."""
+
+    task_id: str
+    num_classes: int
+    keys: dict[str, list[str]]
+    labels: dict[str, np.ndarray]
+    trunk: dict[str, np.ndarray]
+    trunk_seconds_per_image: float = 0.0
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] + f"-{zlib.crc32(text.encode()):08x}"
+
+
+class Workspace:
+    """Everything one library's experts need outside the DuckDB file, under one cache folder.
+
+    ``<cache>/<library fingerprint>/trunk/<task>.npz`` and ``.../weights/<expert>.pt``.
+    """
+
+    def __init__(self, cache: str | Path, info: dict, probe: Probe, device: str,
+                 max_train: int = MAX_TRAIN, max_test: int = MAX_TEST):
+        self.info, self.probe = info, probe
+        self.input_size, self.seed = int(info["input_size"]), int(info["seed"])
+        self.max_train, self.max_test = max_train, max_test
+        self.device = torch.device(device)
+        fingerprint = json.dumps([info["library"], info["probe"], self.input_size, self.seed,
+                                  max_train, max_test])
+        self.root = Path(cache) / _slug(f"{Path(str(info['library'])).name}-{info['probe']}"
+                                        f"-{self.input_size}px") / hashlib.sha1(
+            fingerprint.encode()).hexdigest()[:10]
+        try:
+            (self.root / "trunk").mkdir(parents=True, exist_ok=True)
+            (self.root / "weights").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Task2VecError(f"cannot create cache folder {self.root}: {exc.strerror}") from None
+        self.trunk_net, self.tail_template = split_probe(probe)
+        self.trunk_net = self.trunk_net.to(self.device).eval().requires_grad_(False)
+        self._trunk_memo: dict[str, np.ndarray] = {}  # key -> activations, within this run
+
+    # -- trunk ------------------------------------------------------------------------------
+    def trunk_file(self, task_id: str) -> Path:
+        return self.root / "trunk" / f"{_slug(task_id)}.npz"
+
+    def task_features(self, spec: TaskSpec) -> TaskFeatures:
+        """The task's capped splits and trunk activations, from the cache or computed now."""
+        path = self.trunk_file(spec.task_id)
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"]))
+                    return TaskFeatures(spec.task_id, meta["num_classes"],
+                                        {s: list(z[f"{s}_keys"]) for s in ("train", "test")},
+                                        {s: z[f"{s}_labels"] for s in ("train", "test")},
+                                        {s: z[f"{s}_trunk"] for s in ("train", "test")},
+                                        meta["trunk_seconds_per_image"])
+            except (OSError, KeyError, ValueError):
+                path.unlink(missing_ok=True)  # a damaged cache file is recomputed
+        records = list(spec.records())
+        rng = np.random.default_rng([self.seed, zlib.crc32(spec.task_id.encode()), 7])
+        out = TaskFeatures(spec.task_id, 0, {}, {}, {})
+        seconds, computed = 0.0, 0
+        for split, cap in (("train", self.max_train), ("test", self.max_test)):
+            if not any(r.split == split for r in records):
+                raise Task2VecError(f"task {spec.task_id} has no {split} images")
+            data = task_data(spec.task_id, records, split, self.input_size)
+            out.num_classes = data.num_classes
+            keep = stratified_cap(data.labels.numpy(), cap, rng)
+            images = data.images[torch.from_numpy(keep)]
+            keys = image_keys(images)
+            todo = [i for i, k in enumerate(keys) if k not in self._trunk_memo]
+            t0 = time.perf_counter()
+            if todo:
+                acts = self.trunk_activations(images[torch.tensor(todo)])
+                for i, a in zip(todo, acts):
+                    self._trunk_memo[keys[i]] = a
+            seconds += time.perf_counter() - t0
+            computed += len(todo)
+            out.keys[split] = keys
+            out.labels[split] = data.labels.numpy()[keep].astype(np.int64)
+            out.trunk[split] = np.stack([self._trunk_memo[k] for k in keys])
+        out.trunk_seconds_per_image = seconds / computed if computed else 0.0
+        meta = {"num_classes": out.num_classes, "trunk_seconds_per_image": out.trunk_seconds_per_image,
+                "max_train": self.max_train, "max_test": self.max_test, "seed": self.seed}
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, meta=np.array(json.dumps(meta)),
+                     **{f"{s}_{what}": np.asarray(getattr(out, attr)[s])
+                        for s in ("train", "test")
+                        for what, attr in (("keys", "keys"), ("labels", "labels"), ("trunk", "trunk"))})
+        tmp.replace(path)
+        return out
+
+    @torch.no_grad()
+    def trunk_activations(self, images: torch.Tensor) -> np.ndarray:
+        """uint8 ``[N, 3, S, S]`` -> float16 trunk activations ``[N, C, h, w]``."""
+        batch = 512 if self.device.type == "cuda" else 128
+        out = []
+        for start in range(0, len(images), batch):
+            x = self.probe.normalize(images[start:start + batch].to(self.device))
+            out.append(self.trunk_net(x).to(torch.float16).cpu())
+        return torch.cat(out).numpy()
+
+    def clear_memo(self) -> None:
+        self._trunk_memo.clear()
+
+    # -- experts ------------------------------------------------------------------------------
+    def weights_file(self, expert_id: str) -> Path:
+        return self.root / "weights" / f"{_slug(expert_id)}.pt"
+
+    def load_tail(self, expert_id: str, meta: dict) -> nn.Module:
+        """The expert's tail on the workspace device, eval mode, frozen."""
+        tail = copy.deepcopy(self.tail_template)
+        if meta.get("weights_file"):
+            path = self.root / "weights" / meta["weights_file"]
+            if not path.is_file():
+                raise Task2VecError(f"weights of expert {expert_id} are missing ({path}); run "
+                                    "python -m precompute experts again with the same --cache")
+            if _sha256(path) != meta["weights_sha256"]:
+                raise Task2VecError(f"weights file {path} does not match the library (sha256); "
+                                    "run python -m precompute experts again to retrain it")
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                tail.load_state_dict(state, strict=True)
+            except Exception as exc:
+                raise Task2VecError(f"cannot read expert weights {path}: "
+                                    f"{str(exc).splitlines()[0]}") from None
+        return tail.to(self.device).eval().requires_grad_(False)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# fine-tuning
+
+
+def train_expert(tail: nn.Module, sources: Sequence[TaskFeatures], *, steps: int = DEFAULT_STEPS,
+                 batch_size: int = BATCH_SIZE, max_images: int = EXPERT_MAX_IMAGES, seed: int = 0,
+                 device: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """Fine-tune a copy of ``tail`` on the train splits of ``sources`` (one linear head each).
+
+    Multi-task cross-entropy: a sample's logits are its own task's head (others masked out);
+    batches are drawn uniformly from the union, at most ``max_images`` images split evenly over
+    the sources (stratified by class, seeded). BatchNorm in train mode (adapts its statistics to
+    the new domain). Adam, ``TAIL_LR`` for the tail and ``HEAD_LR`` for the heads, cosine decay.
+
+    Returns (state dict of the tail, info: images, train error of the last 20 steps, seconds).
+    """
+    device = torch.device(device)
+    rng = np.random.default_rng([seed, 11])
+    per_source = max(1, max_images // len(sources))
+    acts, labels, owner, offsets = [], [], [], [0]
+    for j, src in enumerate(sources):
+        keep = stratified_cap(src.labels["train"], per_source, rng)
+        acts.append(src.trunk["train"][keep])
+        labels.append(src.labels["train"][keep] + offsets[-1])
+        owner.append(np.full(len(keep), j))
+        offsets.append(offsets[-1] + src.num_classes)
+    x = torch.from_numpy(np.concatenate(acts)).float().to(device)
+    y = torch.from_numpy(np.concatenate(labels)).to(device)
+    own = torch.from_numpy(np.concatenate(owner)).to(device)
+    # mask[j, c] = 0 for the classes of source j, -inf elsewhere
+    mask = torch.full((len(sources), offsets[-1]), float("-inf"), device=device)
+    for j in range(len(sources)):
+        mask[j, offsets[j]:offsets[j + 1]] = 0.0
+    torch.manual_seed(seed)
+    net = copy.deepcopy(tail).to(device).train().requires_grad_(True)
+    dim = net(x[:2]).shape[1]
+    head = nn.Linear(dim, offsets[-1]).to(device)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.Adam([{"params": net.parameters(), "lr": TAIL_LR},
+                            {"params": head.parameters(), "lr": HEAD_LR}])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    wrong, seen = 0, 0
+    for step in range(steps):
+        index = torch.randint(len(y), (min(batch_size, len(y)),), generator=gen).to(device)
+        logits = head(net(x[index])) + mask[own[index]]
+        loss = F.cross_entropy(logits, y[index])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= steps - 20:
+            wrong += int((logits.argmax(1) != y[index]).sum())
+            seen += len(index)
+    seconds = time.perf_counter() - t0
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    info = {"images": int(len(y)), "train_error_last_steps": wrong / max(seen, 1),
+            "seconds": round(seconds, 3), "steps": steps, "batch_size": batch_size,
+            "tail_lr": TAIL_LR, "head_lr": HEAD_LR, "optimizer": "adam+cosine", "seed": seed,
+            "images_per_source": {s.task_id: int(len(a)) for s, a in zip(sources, acts)}}
+    return state, info
+
+
+def expert_embedding(plan: ExpertPlan, info: dict, task_embeddings: dict[str, np.ndarray],
+                     trivial_level: float) -> np.ndarray:
+    """The expert's task embedding: image-weighted mean of its sources' montecarlo embeddings
+    (the Fisher of its multi-head training objective); trivial for the ImageNet expert."""
+    dim = len(next(iter(task_embeddings.values())))
+    if plan.kind == "imagenet":
+        return np.full(dim, trivial_level, dtype=np.float32)
+    weights = info["images_per_source"]
+    total = sum(weights.values())
+    value = sum(task_embeddings[t].astype(np.float64) * (w / total) for t, w in weights.items())
+    return np.asarray(value, dtype=np.float32)
+
+
+def _library_state(con, specs: Sequence[TaskSpec]) -> tuple[dict, dict[str, TaskSpec], list[str]]:
+    info = store.get_info(con)
+    db_tasks = [r[0] for r in con.execute("SELECT task_id FROM tasks ORDER BY task_id").fetchall()]
+    by_id = {s.task_id: s for s in specs}
+    missing = [t for t in db_tasks if t not in by_id]
+    if missing:
+        raise Task2VecError(f"the library file has {len(missing)} task(s) the library "
+                            f"{info.get('library')!r} does not (e.g. {missing[0]}): give the "
+                            "LIBRARY the file was built from")
+    return info, by_id, db_tasks
+
+
+def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
+                  num_experts: int = DEFAULT_EXPERTS, sources: int = DEFAULT_SOURCES,
+                  steps: int = DEFAULT_STEPS, max_images: int = EXPERT_MAX_IMAGES, seed: int = 0,
+                  device: str = "cpu", progress: bool = True,
+                  probe: Probe | None = None) -> list[ExpertPlan]:
+    """Train the expert library into ``con`` (resumable: one transaction per expert).
+
+    An expert already in the file is kept if its weights file is in the cache with the
+    recorded sha256; otherwise it is retrained (and its performance rows dropped).
+    """
+    from tqdm.auto import tqdm
+
+    if steps < 1:
+        raise Task2VecError("--steps must be at least 1")
+    info, by_id, db_tasks = _library_state(con, specs)
+    sizes = dict(con.execute("SELECT task_id, num_train FROM tasks").fetchall())
+    plans = plan_experts([by_id[t] for t in db_tasks], num_experts, sources, sizes)
+    settings = {"num_experts": num_experts, "sources": sources, "steps": steps,
+                "max_images": max_images, "seed": seed}
+    old = info.get("experts")
+    if old and {k: old.get(k) for k in settings} != settings:
+        changed = [k for k in settings if old.get(k) != settings[k]]
+        raise Task2VecError(f"the library's experts were made with other settings "
+                            f"({', '.join(changed)}); use the same options, or a fresh library file")
+    probe = probe or create(info["probe"])
+    ws = Workspace(cache, info, probe, device)
+    done = {r[0]: json.loads(r[1]) for r in con.execute("SELECT expert_id, meta FROM experts").fetchall()}
+    embeddings = dict(zip(*store.embedding_matrix(con, "montecarlo")))
+    trivial = con.execute("SELECT any_value(trivial_level) FROM embeddings "
+                          "WHERE method = 'montecarlo'").fetchone()[0]
+    store.set_info(con, experts={**settings, "cache": str(ws.root)})
+    bar = tqdm(plans, desc="experts", unit="expert", disable=not progress)
+    for plan in bar:
+        bar.set_postfix_str(plan.expert_id[-40:])
+        meta = done.get(plan.expert_id)
+        if meta is not None and (plan.kind == "imagenet" or _weights_ok(ws, meta)):
+            continue
+        t0 = time.perf_counter()
+        if plan.kind == "imagenet":
+            state, train = None, {"images": 0, "seconds": 0.0, "seed": seed}
+        else:
+            feats = [ws.task_features(by_id[t]) for t in plan.source_tasks]
+            state, train = train_expert(ws.tail_template, feats, steps=steps, max_images=max_images,
+                                        seed=seed, device=device)
+        meta = {**train, "group": list(plan.group), "group_size": plan.group_size,
+                "probe": info["probe"], "input_size": ws.input_size,
+                "tail": type(ws.tail_template).__name__, "device": _device_name(ws.device),
+                "versions": _versions(), "weights_file": None, "weights_sha256": None,
+                "embedding": "imagenet: trivial (F = 0)" if plan.kind == "imagenet" else
+                "image-weighted mean of the sources' montecarlo embeddings"}
+        if state is not None:
+            path = ws.weights_file(plan.expert_id)
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save(state, tmp)
+            tmp.replace(path)
+            meta["weights_file"], meta["weights_sha256"] = path.name, _sha256(path)
+        value = expert_embedding(plan, train, embeddings, trivial)
+        meta["seconds_total"] = round(time.perf_counter() - t0, 3)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table in ("experts", "expert_embeddings", "performance", "feature_scores"):
+                con.execute(f"DELETE FROM {table} WHERE expert_id = ?", [plan.expert_id])
+            con.execute("INSERT INTO experts VALUES (?, ?, ?, ?, ?)",
+                        [plan.expert_id, plan.name, plan.kind, list(plan.source_tasks),
+                         json.dumps(meta)])
+            con.execute("INSERT INTO expert_embeddings VALUES (?, ?, ?, ?)",
+                        [plan.expert_id, store.encode(value), trivial, float(np.abs(value).sum())])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    ws.clear_memo()
+    return plans
+
+
+def _weights_ok(ws: Workspace, meta: dict) -> bool:
+    path = ws.root / "weights" / str(meta.get("weights_file"))
+    return path.is_file() and _sha256(path) == meta.get("weights_sha256")
+
+
+# ----------------------------------------------------------------------------------------------
+# the performance matrix
+
+
+@torch.no_grad()
+def tail_features(tail: nn.Module, trunk: np.ndarray, device: torch.device) -> np.ndarray:
+    """One expert's pooled features float32 ``[N, D]`` from trunk activations ``[N, C, h, w]``."""
+    batch = 2048 if device.type == "cuda" else 512
+    out = []
+    for start in range(0, len(trunk), batch):
+        x = torch.from_numpy(trunk[start:start + batch]).to(device).float()
+        out.append(tail(x).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 num_classes: int, l2: float = LINEAR_L2) -> tuple[float, float]:
+    """(train error, test error) of multinomial logistic regression on standardised features.
+
+    Mean cross-entropy + (l2 / 2) ||W||^2, full-batch L-BFGS from zero: deterministic. With
+    fewer images than features the weights are solved as W = X^T A (the L2 optimum lies in the
+    span of the training features), an n x n problem with the same solution.
+    """
+    x = torch.from_numpy(train_x).double()
+    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    x = (x - mean) / std
+    xt = (torch.from_numpy(test_x).double() - mean) / std
+    y = torch.from_numpy(train_y)
+    dual = x.shape[0] < x.shape[1]
+    if dual:
+        gram, test_gram = x @ x.T, xt @ x.T
+    w = torch.zeros(x.shape[0] if dual else x.shape[1], num_classes, dtype=torch.float64,
+                    requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=LINEAR_MAX_ITER, history_size=10,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
+
+    def logits(test: bool):
+        if dual:
+            return (test_gram if test else gram) @ w + b
+        return (xt if test else x) @ w + b
+
+    def closure():
+        opt.zero_grad()
+        penalty = (w * (gram @ w)).sum() if dual else w.square().sum()
+        loss = F.cross_entropy(logits(False), y) + 0.5 * l2 * penalty
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        train_err = float((logits(False).argmax(1) != y).double().mean())
+        test_err = float((logits(True).argmax(1) != torch.from_numpy(test_y)).double().mean())
+    return train_err, test_err
+
+
+def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = KNN_K) -> float:
+    """Leave-one-out k-NN accuracy (cosine similarity, standardised features, majority vote)."""
+    n = len(labels)
+    if n < 2:
+        return 0.0
+    x = features - features.mean(0)
+    x = x / np.maximum(x.std(0), 1e-6)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    k = min(k, n - 1)
+    nn_idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    votes = np.zeros((n, int(labels.max()) + 1))
+    np.add.at(votes, (np.repeat(np.arange(n), k), labels[nn_idx].ravel()), 1.0)
+    return float((votes.argmax(1) == labels).mean())
+
+
+def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device: str = "cpu",
+                   max_train: int = MAX_TRAIN, max_test: int = MAX_TEST, progress: bool = True,
+                   probe: Probe | None = None) -> dict:
+    """Fill ``performance`` and ``feature_scores`` for every (expert, task) pair not yet there.
+
+    Trunk activations come from the cache (computed once per task); each expert's tail runs
+    once per distinct image of the tasks still to do; rows are committed every
+    ``COMMIT_EVERY`` tasks, so a killed run resumes where it stopped. Returns timings.
+    """
+    from tqdm.auto import tqdm
+
+    from .selection import logme
+
+    info, by_id, db_tasks = _library_state(con, specs)
+    experts = [(r[0], json.loads(r[1])) for r in
+               con.execute("SELECT expert_id, meta FROM experts ORDER BY expert_id").fetchall()]
+    if not experts:
+        raise Task2VecError("the library has no experts yet: run python -m precompute experts first")
+    settings = {"max_train": max_train, "max_test": max_test, "l2": LINEAR_L2, "knn_k": KNN_K}
+    old = info.get("matrix")
+    if old and {k: old.get(k) for k in settings} != settings:
+        raise Task2VecError("the performance matrix was started with other settings "
+                            f"({old}); use the same options, or a fresh library file")
+    store.set_info(con, matrix={**settings, "classifier": "multinomial logistic regression, "
+                                "standardised features, L-BFGS", "device": device,
+                                "versions": _versions()})
+    done = set(con.execute("SELECT expert_id, task_id FROM performance").fetchall())
+    todo = {e: [t for t in db_tasks if (e, t) not in done] for e, _ in experts}
+    needed = sorted({t for ts in todo.values() for t in ts})
+    timings = {"trunk_s": 0.0, "tail_s": {}, "fit_s": 0.0, "pairs": 0}
+    if not needed:
+        return timings
+    probe = probe or create(info["probe"])
+    ws = Workspace(cache, info, probe, device, max_train, max_test)
+    t0 = time.perf_counter()
+    feats = {t: ws.task_features(by_id[t])
+             for t in tqdm(needed, desc="trunk features", unit="task", disable=not progress)}
+    ws.clear_memo()
+    timings["trunk_s"] = time.perf_counter() - t0
+    for expert_id, meta in tqdm(experts, desc="experts", unit="expert", disable=not progress):
+        tasks = todo[expert_id]
+        if not tasks:
+            continue
+        tail = ws.load_tail(expert_id, meta)
+        # distinct images of the tasks to do: the tail runs once per image
+        index: dict[str, int] = {}
+        rows = []
+        for t in tasks:
+            for split in ("train", "test"):
+                for i, k in enumerate(feats[t].keys[split]):
+                    if k not in index:
+                        index[k] = len(rows)
+                        rows.append((t, split, i))
+        trunk = np.stack([feats[t].trunk[s][i] for t, s, i in rows])
+        t1 = time.perf_counter()
+        features = tail_features(tail, trunk, ws.device)
+        tail_s = time.perf_counter() - t1
+        timings["tail_s"][expert_id] = tail_s
+        per_image = tail_s / max(len(rows), 1)
+        del trunk
+        pending = []
+        bar = tqdm(tasks, desc=f"  {expert_id[-30:]}", unit="task", leave=False, disable=not progress)
+        for n, t in enumerate(bar):
+            f = feats[t]
+            x = {s: features[[index[k] for k in f.keys[s]]] for s in ("train", "test")}
+            t1 = time.perf_counter()
+            train_err, test_err = linear_probe(x["train"], f.labels["train"], x["test"],
+                                               f.labels["test"], f.num_classes)
+            fit_s = time.perf_counter() - t1
+            t1 = time.perf_counter()
+            lm = logme(x["train"], f.labels["train"])
+            logme_s = time.perf_counter() - t1
+            t1 = time.perf_counter()
+            knn = knn_accuracy(x["train"], f.labels["train"])
+            knn_s = time.perf_counter() - t1
+            n_images = len(f.keys["train"]) + len(f.keys["test"])
+            feature_s = n_images * (per_image + f.trunk_seconds_per_image)
+            timings["fit_s"] += fit_s
+            pending.append(((expert_id, t, test_err, train_err, feature_s + fit_s),
+                            (expert_id, t, lm, knn, feature_s, logme_s, knn_s)))
+            if len(pending) >= COMMIT_EVERY or n == len(tasks) - 1:
+                _write_rows(con, pending)
+                timings["pairs"] += len(pending)
+                pending = []
+    return timings
+
+
+def _write_rows(con, pending: list) -> None:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.executemany("INSERT INTO performance VALUES (?, ?, ?, ?, ?)", [p for p, _ in pending])
+        con.executemany("INSERT INTO feature_scores VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [s for _, s in pending])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise

@@ -1,0 +1,470 @@
+"""Experts, the performance matrix and model selection (precompute.experts, precompute.selection).
+
+One small real library (4 digit tasks, 4 Fashion-MNIST tasks, 32 px, written as a CSV manifest
+so the CLI can re-read it) is built once; selectors are also checked on constructed cases
+where the right answer is known.
+"""
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import FASHION_MNIST, expect_error
+from precompute import build, experts, selection, store
+from precompute.errors import Task2VecError
+from precompute.libraries import TaskSpec
+from precompute.libraries.user import read_user_library
+from precompute.task2vec import TaskEmbedding
+
+SIDE = 32
+DIGIT_PAIRS = [(0, 1), (3, 8), (1, 7), (4, 9)]
+FASHION_PAIRS = [(0, 1), (7, 9), (5, 9), (2, 4)]
+PER_CLASS = 20
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "precompute", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=900)
+
+
+def _fashion_images():
+    with gzip.open(FASHION_MNIST / "t10k-images-idx3-ubyte.gz") as fh:
+        images = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(FASHION_MNIST / "t10k-labels-idx1-ubyte.gz") as fh:
+        labels = np.frombuffer(fh.read(), np.uint8, offset=8)
+    return images[:2000], labels[:2000]
+
+
+def write_manifest(root: Path, digits) -> Path:
+    """Digit-pair and fashion-pair tasks; each image is one file, shared by every task that uses
+    it (digit 1 is in two tasks), so shared images have identical pixels."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["path,label,task,taxonomy"]
+    for family, (images, labels), pairs in (("digits", digits, DIGIT_PAIRS),
+                                            ("fashion", _fashion_images(), FASHION_PAIRS)):
+        for a, b in pairs:
+            for c in (a, b):
+                for i in np.flatnonzero(labels == c)[:PER_CLASS]:
+                    path = root / f"{family}-{i}.png"
+                    if not path.exists():
+                        Image.fromarray(np.asarray(images[i], np.uint8)).save(path)
+                    lines.append(f"{path.name},{c},{family}-{a}-vs-{b},{family}/pair")
+    manifest = root / "library.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+@pytest.fixture(scope="module")
+def library(digits, tmp_path_factory):
+    """A built library file with experts (digits, fashion, ImageNet), matrix and evaluation."""
+    root = tmp_path_factory.mktemp("experts")
+    manifest = write_manifest(root / "images", digits)
+    db = root / "lib.duckdb"
+    specs = read_user_library(manifest)
+    build.build_library(specs, db, library=str(manifest), methods=("montecarlo",),
+                        input_size=SIDE, maps=(), progress=False)
+    con = store.open_library(db)
+    try:
+        experts.build_experts(con, specs, root / "cache", num_experts=2, sources=2, steps=40,
+                              progress=False)
+        experts.compute_matrix(con, specs, root / "cache", progress=False)
+        summary = selection.evaluate(con, seeds=2, folds=2, progress=False)
+    finally:
+        con.close()
+    return {"root": root, "db": db, "manifest": manifest, "specs": specs, "summary": summary}
+
+
+def read_only(db):
+    return duckdb.connect(str(db), read_only=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing experts
+
+
+def _spec(task_id: str, family: str, taxonomy: tuple[str, ...]) -> TaskSpec:
+    return TaskSpec(task_id, family, task_id, taxonomy, records=lambda: [])
+
+
+def test_plan_experts_splits_the_largest_group_and_keeps_novel_tasks():
+    specs = ([_spec(f"a/x/{i}", "a", ("a", "x", str(i))) for i in range(6)]
+             + [_spec(f"a/y/{i}", "a", ("a", "y", str(i))) for i in range(3)]
+             + [_spec(f"b/{i}", "b", ("b", str(i))) for i in range(4)]
+             + [_spec("c/0", "c", ("c", "0"))])
+    sizes = {s.task_id: 10 for s in specs} | {"a/x/5": 99, "a/x/4": 50}
+    plans = experts.plan_experts(specs, num_experts=3, sources=2, sizes=sizes)
+    assert plans[0].expert_id == experts.IMAGENET_EXPERT and plans[0].kind == "imagenet"
+    by_id = {p.expert_id: p for p in plans[1:]}
+    # family a (9 tasks) was split into x and y; b stays whole; c has one task: no expert
+    assert set(by_id) == {"expert/a/x", "expert/a/y", "expert/b"}
+    assert by_id["expert/a/x"].source_tasks == ("a/x/4", "a/x/5")  # the largest tasks
+    assert by_id["expert/a/x"].group_size == 6 and by_id["expert/b"].kind == "finetuned"
+
+
+def test_demo_library_gets_at_least_15_experts_plus_imagenet():
+    from precompute.libraries.demo import read_demo_library
+
+    specs = read_demo_library()
+    plans = experts.plan_experts(specs)
+    assert len(plans) >= 16 and plans[0].expert_id == "imagenet"
+    families = {p.group[0] for p in plans[1:]}
+    assert families == {"fashion_mnist", "glyphs", "digits"}
+    ids = {s.task_id for s in specs}
+    for p in plans[1:]:
+        assert 1 <= len(p.source_tasks) <= experts.DEFAULT_SOURCES and set(p.source_tasks) <= ids
+        assert p.group_size > len(p.source_tasks) or p.group_size >= 2
+
+
+def test_split_probe_reproduces_the_backbone():
+    import torch
+
+    from precompute.probes import create
+
+    probe = create("efficientnet_lite0")
+    trunk, tail = experts.split_probe(probe)
+    x = probe.normalize(torch.randint(0, 256, (3, 3, SIDE, SIDE), dtype=torch.uint8))
+    with torch.no_grad():
+        torch.testing.assert_close(tail(trunk(x)), probe.backbone(x), rtol=1e-4, atol=1e-5)
+    n_tail = sum(p.numel() for p in tail.parameters())
+    assert 0.9e6 < n_tail < 1.2e6  # last block + head conv: the fine-tuned part
+
+
+def test_stratified_cap_keeps_every_class_and_the_proportions():
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)
+    keep = experts.stratified_cap(labels, 20, np.random.default_rng(0))
+    assert len(keep) == 20 and len(set(keep)) == 20
+    assert np.bincount(labels[keep]).tolist() == [18, 1, 1] or np.bincount(labels[keep]).tolist() == [17, 2, 1]
+    np.testing.assert_array_equal(experts.stratified_cap(labels[:5], 20, np.random.default_rng(0)),
+                                  np.arange(5))
+
+
+# ---------------------------------------------------------------------------------------------
+# peers and formulas
+
+
+def test_linear_probe_separates_separable_features_and_not_noise():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 30)
+    good = rng.normal(0, 1, (90, 8)) + 3 * np.eye(3, 8)[y]
+    noise = rng.normal(0, 1, (90, 8))
+    yt = np.repeat([0, 1, 2], 10)
+    good_t = rng.normal(0, 1, (30, 8)) + 3 * np.eye(3, 8)[yt]
+    _, err_good = experts.linear_probe(good.astype(np.float32), y, good_t.astype(np.float32), yt, 3)
+    _, err_noise = experts.linear_probe(noise.astype(np.float32), y,
+                                        rng.normal(0, 1, (30, 8)).astype(np.float32), yt, 3)
+    assert err_good <= 0.1 and err_noise >= 0.4
+
+
+def test_knn_accuracy_by_hand():
+    x = np.array([[0, 1], [0, 1.1], [0, 0.9], [1, 0], [1.1, 0], [0.9, 0]], np.float32)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    assert experts.knn_accuracy(x, y, k=2) == 1.0
+    assert experts.knn_accuracy(x, np.array([0, 1, 0, 1, 0, 1]), k=2) < 0.5
+
+
+def _log_evidence(f, y, alpha, beta):
+    """log N(y; 0, I / beta + f f^T / alpha) / n, written out."""
+    n = len(y)
+    cov = np.eye(n) / beta + f @ f.T / alpha
+    sign, logdet = np.linalg.slogdet(cov)
+    return (-0.5 * (y @ np.linalg.solve(cov, y) + logdet + n * np.log(2 * np.pi))) / n
+
+
+def test_logme_is_the_maximised_evidence():
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(30, 4))
+    y = (f[:, 0] + 0.3 * rng.normal(size=30) > 0).astype(int)
+    grid = np.exp(np.linspace(-6, 6, 61))
+    best = np.mean([max(_log_evidence(f, (y == c).astype(float), a, b) for a in grid for b in grid)
+                    for c in (0, 1)])
+    assert selection.logme(f, y) == pytest.approx(best, abs=0.02)
+
+
+def test_logme_prefers_features_that_separate_the_classes():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 25)
+    separating = rng.normal(0, 0.3, (100, 16)) + np.eye(4, 16)[y] * 2
+    random = rng.normal(0, 1, (100, 16))
+    assert selection.logme(separating, y) > selection.logme(random, y) + 0.5
+
+
+def test_relative_error_increase_and_smoothing_by_hand():
+    assert selection.relative_error_increase(np.array([0.3]), np.array([0.2]))[0] == pytest.approx(0.5)
+    # 0 of 9 wrong -> 0.5 / 10; 1 of 9 wrong -> 1.5 / 10
+    np.testing.assert_allclose(selection.smoothed(np.array([0.0, 1 / 9]), np.array([9, 9])),
+                               [0.05, 0.15])
+
+
+def test_static_prior_picks_the_best_expert_on_average():
+    errors = np.array([[0.10, 0.50, 0.50, 0.50],   # best once, bad otherwise
+                       [0.20, 0.20, 0.20, 0.20],   # never best, always second: best on average
+                       [0.30, 0.10, 0.60, 0.60],
+                       [0.40, 0.60, 0.10, 0.10]])
+    ranks = selection._mean_ranks(errors, np.ones_like(errors, bool))
+    assert ranks.argmin() == 1
+    assert ranks[1] == pytest.approx(np.mean([1, 1, 1, 1]) / 3)
+
+
+def test_model2vec_learns_that_an_always_good_expert_is_preferred():
+    rng = np.random.default_rng(0)
+    d = 64
+    centres = rng.gamma(1.0, 1.0, (3, d)) * 1e-3 + 1e-5
+    # expert 0's training task is unlike every task; experts 1 and 2 sit on two clusters
+    experts_f = np.stack([rng.gamma(1.0, 1.0, d) * 1e-3 + 1e-5, centres[1], centres[2]])
+
+    def tasks(n):
+        c = rng.integers(1, 3, n)
+        return (centres[c] * rng.lognormal(0, 0.3, (n, d))).astype(np.float32), c
+
+    train_t, train_c = tasks(60)
+    errors = np.where(np.arange(3)[:, None] == 0, 0.05, 0.3)[:, np.zeros(60, int)]
+    cand = np.ones((3, 60), bool)
+    m2v0 = selection.fit_model2vec(experts_f, train_t, errors, cand, 1e-5, 0.15, filters=d, steps=0)
+    m2v = selection.fit_model2vec(experts_f, train_t, errors, cand, 1e-5, 0.15, filters=d, steps=300)
+    test_t, test_c = tasks(40)
+    before = m2v0.distances(experts_f, test_t, 1e-5).argmin(0)
+    after = m2v.distances(experts_f, test_t, 1e-5).argmin(0)
+    np.testing.assert_array_equal(before, test_c)  # plain d_asym: the nearest cluster's expert
+    assert (after == 0).mean() >= 0.95  # learned: the always-good expert
+
+
+# ---------------------------------------------------------------------------------------------
+# the small real library
+
+
+def test_experts_are_recorded_with_weights_outside_git(library):
+    con = read_only(library["db"])
+    try:
+        rows = con.execute("SELECT expert_id, kind, source_tasks, meta FROM experts ORDER BY expert_id").fetchall()
+        emb = con.execute("SELECT expert_id, value, trivial_level, norm FROM expert_embeddings "
+                          "ORDER BY expert_id").fetchall()
+        task_ids, task_values = store.embedding_matrix(con, "montecarlo")
+    finally:
+        con.close()
+    assert [r[0] for r in rows] == ["expert/digits", "expert/fashion", "imagenet"]
+    import json
+    import torch
+    for expert_id, kind, sources, meta in rows:
+        meta = json.loads(meta)
+        assert meta["seed"] == 0 and "torch" in meta["versions"] and meta["device"].startswith("cpu")
+        if kind == "imagenet":
+            assert sources == [] and meta["weights_file"] is None
+            continue
+        assert len(sources) == 2 and all(s.startswith(expert_id.split("/")[1]) for s in sources)
+        path = Path(meta["weights_file"])
+        files = list((library["root"] / "cache").rglob(path.name))
+        assert len(files) == 1 and experts._sha256(files[0]) == meta["weights_sha256"]
+        state = torch.load(files[0], weights_only=True)
+        assert "head.weight" in state and meta["steps"] == 40 and meta["images"] == 64
+    # the digits expert's embedding is the mean of its two sources' (equal sizes)
+    values = {r[0]: store.decode(np.asarray(r[1])) for r in emb}
+    src = [task_ids.index(s) for s in rows[0][2]]
+    np.testing.assert_allclose(values["expert/digits"], task_values[src].mean(0), rtol=1e-2)
+    trivial = store.decode(store.encode(np.float32([emb[0][2]])))[0]
+    assert np.all(values["imagenet"] == trivial)  # the trivial embedding
+    assert emb[0][3] == pytest.approx(float(np.abs(values[emb[0][0]]).sum()), rel=1e-3)
+
+
+def test_matrix_is_complete_and_experts_beat_chance_level(library):
+    con = read_only(library["db"])
+    try:
+        perf = con.execute("SELECT expert_id, task_id, test_error, train_error, seconds "
+                           "FROM performance").fetchall()
+        scores = con.execute("SELECT logme, knn_accuracy FROM feature_scores").fetchall()
+    finally:
+        con.close()
+    assert len(perf) == 3 * 8 and len(scores) == 3 * 8
+    errors = np.array([p[2] for p in perf])
+    assert errors.mean() < 0.25  # binary tasks, 50% is chance
+    assert all(p[4] > 0 for p in perf) and all(np.isfinite(s[0]) and 0 <= s[1] <= 1 for s in scores)
+    by = {(e, t): err for e, t, err, *_ in perf}
+    # fine-tuning changed the features: the experts' errors are not ImageNet's
+    assert any(by[(f"expert/{f}", t)] != by[("imagenet", t)] for f in ("digits", "fashion")
+               for _, t, *_ in perf)
+    # an expert is a usable feature extractor on its own family's tasks
+    for family in ("digits", "fashion"):
+        own = [v for (e, t), v in by.items() if e == f"expert/{family}" and t.startswith(family)]
+        assert np.mean(own) < 0.2
+
+
+def test_distance_selectors_rank_the_same_domain_expert_first(library):
+    con = read_only(library["db"])
+    try:
+        ids, values = store.embedding_matrix(con, "montecarlo")
+        sources = {s for r in con.execute("SELECT source_tasks FROM experts").fetchall() for s in r[0]}
+        for task_id, value in zip(ids, values):
+            if task_id in sources:
+                continue  # novel tasks only
+            family = task_id.split("-")[0]
+            e = TaskEmbedding(value, "montecarlo", "efficientnet_lite0", [], {"input_size": SIDE})
+            for selector in ("task2vec", "task2vec_asym", "model2vec"):
+                ranking = selection.rank_experts(con, e, selector=selector)
+                assert list(ranking.columns) == ["expert_id", "name", "score", "rank"]
+                assert ranking["rank"].tolist() == [1, 2, 3]
+                assert ranking["score"].is_monotonic_decreasing
+                if selector != "model2vec":
+                    assert ranking.expert_id[0] == f"expert/{family}", (task_id, selector, ranking)
+    finally:
+        con.close()
+
+
+def test_rank_experts_rejects_bad_input(library):
+    con = read_only(library["db"])
+    try:
+        _, values = store.embedding_matrix(con, "montecarlo")
+        good = TaskEmbedding(values[0], "montecarlo", "efficientnet_lite0", [], {"input_size": SIDE})
+        expect_error(lambda: selection.rank_experts(con, good, selector="oracle"), "unknown selector")
+        expect_error(lambda: selection.rank_experts(con, good, selector="logme"), "needs the task's images")
+        wrong_probe = TaskEmbedding(values[0], "montecarlo", "resnet34", [], {"input_size": SIDE})
+        expect_error(lambda: selection.rank_experts(con, wrong_probe), "probe resnet34")
+        wrong_size = TaskEmbedding(values[0], "montecarlo", "efficientnet_lite0", [], {"input_size": 64})
+        expect_error(lambda: selection.rank_experts(con, wrong_size), "64 px")
+        short = TaskEmbedding(values[0][:10], "montecarlo", "efficientnet_lite0", [], {"input_size": SIDE})
+        expect_error(lambda: selection.rank_experts(con, short), "10 filters")
+    finally:
+        con.close()
+
+
+def test_evaluation_is_stored(library):
+    summary = library["summary"]
+    con = read_only(library["db"])
+    try:
+        results = {r[0]: r for r in con.execute("SELECT * FROM selection_results").fetchall()}
+        rankings = con.execute("SELECT selector, task_id, ranking FROM selector_rankings").fetchall()
+        info = store.get_info(con)
+        m2v = con.execute("SELECT count(*) FROM model2vec").fetchone()[0]
+    finally:
+        con.close()
+    assert set(results) == set(selection.SELECTORS)
+    assert len(rankings) == len(selection.SELECTORS) * 8
+    # a novel task's candidates exclude the expert trained on it: 2 candidates for sources
+    by = {(s, t): r for s, t, r in rankings}
+    src = [s for s in library["specs"] if s.task_id in ("digits-0-vs-1", "digits-3-vs-8")]
+    for s in src:
+        assert "expert/digits" not in by[("task2vec", s.task_id)]
+    for name, r in results.items():
+        assert r[1] >= 0 and 0 <= r[3] <= r[4] <= 1 and r[5] >= 0  # rel >= 0, top1 <= top3
+    assert results["task2vec"][5] > 0 and results["chance"][5] == pytest.approx(0, abs=1e-3)
+    assert 0 <= info["optimal_error"] < 0.3 and -1 <= info["norm_error_spearman"] <= 1
+    assert info["optimal_error"] == pytest.approx(summary["optimal_error"])
+    assert m2v == 3 and info["selection"]["alpha"] in selection.ALPHAS
+
+
+# ---------------------------------------------------------------------------------------------
+# the matrix: features once per image per expert, resume after a crash
+
+
+def test_features_once_per_image_per_expert_and_resume(library, tmp_path, monkeypatch):
+    import shutil
+
+    db = tmp_path / "lib.duckdb"
+    shutil.copy(library["db"], db)
+    con = duckdb.connect(str(db))
+    reference = sorted(con.execute("SELECT expert_id, task_id, test_error FROM performance").fetchall())
+    con.execute("DELETE FROM performance")
+    con.execute("DELETE FROM feature_scores")
+    con.close()
+    specs = library["specs"]
+
+    tail_rows = []
+    real_tail = experts.tail_features
+    monkeypatch.setattr(experts, "tail_features",
+                        lambda tail, trunk, device: tail_rows.append(len(trunk)) or real_tail(tail, trunk, device))
+    fits = {"n": 0}
+    real_fit = experts.linear_probe
+
+    def crashing_fit(*args, **kwargs):
+        fits["n"] += 1
+        if fits["n"] == 12:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(experts, "linear_probe", crashing_fit)
+    monkeypatch.setattr(experts, "COMMIT_EVERY", 3)
+    cache = tmp_path / "cache"
+    shutil.copytree(library["root"] / "cache", cache)  # the experts' weights
+    con = store.open_library(db)
+    with pytest.raises(KeyboardInterrupt):
+        experts.compute_matrix(con, specs, cache, progress=False)
+    done = con.execute("SELECT count(*) FROM performance").fetchone()[0]
+    assert done == 11  # expert 1: 8 tasks in commits of 3, 3, 2; expert 2: one commit of 3
+    # distinct images over the 8 tasks: digit 1 is shared by two tasks, and fashion 9 too
+    keys = set()
+    for s in specs:
+        f = experts.Workspace(cache, store.get_info(con), experts.create("efficientnet_lite0"),
+                              "cpu").task_features(s)
+        keys |= set(f.keys["train"]) | set(f.keys["test"])
+    total = sum(s.meta["num_images"] for s in specs)
+    assert len(keys) == total - 2 * PER_CLASS
+    assert tail_rows == [len(keys), len(keys)]  # once per distinct image, per expert
+
+    tail_rows.clear()
+    monkeypatch.setattr(experts, "linear_probe", real_fit)
+    experts.compute_matrix(con, specs, cache, progress=False)  # resume
+    final = sorted(con.execute("SELECT expert_id, task_id, test_error FROM performance").fetchall())
+    con.close()
+    # expert 2 redoes its 5 remaining tasks, expert 3 all 8: images of those tasks only
+    assert len(tail_rows) == 2 and tail_rows[1] == len(keys)
+    assert [r[:2] for r in final] == [r[:2] for r in reference]
+    np.testing.assert_allclose([r[2] for r in final], [r[2] for r in reference], atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_experts_matrix_evaluate_and_bad_input(library, tmp_path):
+    import shutil
+
+    db = tmp_path / "lib.duckdb"
+    con = duckdb.connect(str(library["db"]), read_only=True)
+    con.close()
+    shutil.copy(library["db"], db)
+    con = duckdb.connect(str(db))
+    for table in ("experts", "expert_embeddings", "performance", "feature_scores", "model2vec",
+                  "selection_results", "selector_rankings"):
+        con.execute(f"DROP TABLE {table}")
+    con.execute("DELETE FROM library_info WHERE key IN ('experts', 'matrix', 'selection', "
+                "'optimal_error', 'norm_error_spearman')")
+    con.close()
+    manifest = str(library["manifest"])
+    cache = str(tmp_path / "cache")
+
+    # bad input: one line, exit 2, nothing written
+    proc = cli("evaluate", "--db", str(tmp_path / "missing.duckdb"), cwd=tmp_path)
+    assert proc.returncode == 2 and "no such library file" in proc.stderr
+    proc = cli("evaluate", "--db", str(db), "--quiet", cwd=tmp_path)
+    assert proc.returncode == 2 and "no experts" in proc.stderr, proc.stderr
+    proc = cli("matrix", manifest, "--db", str(db), "--cache", cache, "--quiet", cwd=tmp_path)
+    assert proc.returncode == 2 and "run python -m precompute experts first" in proc.stderr
+    proc = cli("experts", "demo", "--db", str(db), "--cache", cache, "--quiet", cwd=tmp_path)
+    assert proc.returncode == 2 and "was built from library" in proc.stderr
+
+    proc = cli("experts", manifest, "--db", str(db), "--cache", cache, "--experts", "2",
+               "--sources", "2", "--steps", "10", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "expert/digits" in proc.stdout and "3 experts" in proc.stdout
+    proc = cli("experts", manifest, "--db", str(db), "--cache", cache, "--experts", "2",
+               "--sources", "2", "--steps", "20", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 2 and "other settings (steps)" in proc.stderr
+    proc = cli("matrix", manifest, "--db", str(db), "--cache", cache, "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "24 expert-task pairs" in proc.stdout
+    proc = cli("matrix", manifest, "--db", str(db), "--cache", cache, "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0 and "(0 this run" in proc.stdout  # resumed: nothing left
+    proc = cli("evaluate", "--db", str(db), "--seeds", "2", "--folds", "2", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for phrase in ("optimal error", "model2vec", "logme", "static_prior", "Spearman rho"):
+        assert phrase in proc.stdout
+    con = read_only(db)
+    try:
+        assert con.execute("SELECT count(*) FROM selection_results").fetchone()[0] == len(selection.SELECTORS)
+    finally:
+        con.close()
