@@ -158,7 +158,7 @@ def task_map(tasks: pd.DataFrame, xy: pd.DataFrame, color: str = "family", *,
             "<br>(uploaded; placed by its nearest tasks)<extra></extra>",
             marker=dict(size=24, symbol="star", color=UPLOAD, line=dict(width=1.5, color="white"))))
     fig.update_layout(
-        template=TEMPLATE, title=title, dragmode="lasso", clickmode="event+select",
+        template=TEMPLATE, title=title,
         legend=dict(orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0),
         margin=dict(l=20, r=20, t=60, b=20), uirevision="map")
     fig.update_xaxes(visible=False)

@@ -162,10 +162,14 @@ def embedding_matrix(lib: Library, method: str) -> tuple[list[str], np.ndarray]:
     a background thread; the lock makes a page that needs it wait for the prefetch instead of
     decoding twice.
     """
+    return _decode_matrix(lib, method, _connection(lib.path, lib.mtime))
+
+
+def _decode_matrix(lib: Library, method: str, con) -> tuple[list[str], np.ndarray]:
     key = (lib.path, lib.mtime, method)
     with _MATRIX_LOCK:
         if key not in _MATRICES:
-            with _connection(lib.path, lib.mtime).cursor() as cur:
+            with con.cursor() as cur:
                 ids, matrix = pstore.embedding_matrix(cur, method)
             for old in [k for k in _MATRICES if k[0] == lib.path and k[1] != lib.mtime]:
                 del _MATRICES[old]  # the file changed: drop the stale copy (hundreds of MB)
@@ -177,7 +181,8 @@ def prefetch(lib: Library) -> None:
     """Start decoding the Fisher matrix in the background so the first task card is quick."""
     if (lib.path, lib.mtime, lib.task_method) in _MATRICES or _MATRIX_LOCK.locked():
         return
-    threading.Thread(target=embedding_matrix, args=(lib, lib.task_method), daemon=True,
+    con = _connection(lib.path, lib.mtime)  # resolved here: st caches belong to script threads
+    threading.Thread(target=_decode_matrix, args=(lib, lib.task_method, con), daemon=True,
                      name="task2vec-prefetch").start()
 
 

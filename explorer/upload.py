@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -131,9 +132,9 @@ def place(dist: pd.Series, xy: pd.DataFrame, k: int = NEIGHBOURS) -> tuple[float
     return float(x), float(y)
 
 
-def rank_experts(lib: store.Library, values: np.ndarray) -> tuple[pd.DataFrame | None, str]:
-    """Experts ranked for the embedding by ``precompute.selection.rank_experts`` (model2vec),
-    or (None, why not)."""
+def rank_experts(lib: store.Library, embedding) -> tuple[pd.DataFrame | None, str]:
+    """Experts ranked for a task's Fisher embedding by ``precompute.selection.rank_experts``
+    (the model2vec selector), or (None, why not)."""
     if "experts" not in lib.tables:
         return None, f"this library has no experts yet; {store.EXPERT_HINT}"
     try:
@@ -142,9 +143,11 @@ def rank_experts(lib: store.Library, values: np.ndarray) -> tuple[pd.DataFrame |
         return None, "expert ranking (precompute.selection.rank_experts) is not available yet"
     try:
         with lib.cursor() as cur:
-            return ranker(cur, values, selector="model2vec"), ""
+            return ranker(cur, embedding, selector="model2vec"), ""
     except Task2VecError as exc:
         return None, str(exc)
+    except duckdb.Error as exc:  # a library from before the model-selection tables
+        return None, f"this library cannot rank experts yet ({str(exc).splitlines()[0]})"
 
 
 def results_table(nearest: pd.DataFrame, experts: pd.DataFrame | None) -> bytes:
@@ -190,7 +193,7 @@ def process(lib: store.Library, files: Sequence[tuple[str, bytes]], folder: Path
             spot = place(dist, xy)
             if spot is not None:
                 positions.setdefault(space, {})[algo] = spot
-    experts, why = rank_experts(lib, fisher.values)
+    experts, why = rank_experts(lib, fisher)
     buf = io.BytesIO()
     tmp = folder / "embedding.npz"
     fisher.save(tmp)

@@ -101,16 +101,13 @@ if task and task in tasks.index:
             st.markdown("**Nearest tasks** (symmetric TASK2VEC distance)")
             with st.spinner("Loading embeddings ..."):
                 nearest = store.nearest_tasks(lib, task, k=10)
-            st.dataframe(nearest.reset_index()[["name", "family", "distance"]], hide_index=True,
-                         column_config={"distance": st.column_config.NumberColumn(format="%.4f")},
-                         key="card_nearest")
+            st.table(nearest.reset_index()[["name", "family", "distance"]].round(4).set_index("name"))
         with best:
             st.markdown("**Best experts** (test error on this task)")
             if lib.has_experts:
                 ranked = store.task_experts(lib, task).head(10)
-                ranked["test error (%)"] = 100 * ranked.pop("test_error")
-                st.dataframe(ranked, hide_index=True, key="card_experts",
-                             column_config={"test error (%)": st.column_config.NumberColumn(format="%.1f")})
+                ranked["test error (%)"] = (100 * ranked.pop("test_error")).round(1)
+                st.table(ranked.set_index("name"))
             else:
                 st.info(f"This library has no experts yet; {store.EXPERT_HINT}.")
 elif task:

@@ -75,13 +75,12 @@ if result:
     near, exp = st.columns(2)
     with near:
         st.markdown("**Nearest library tasks** (symmetric TASK2VEC distance)")
-        st.dataframe(result["nearest"].reset_index()[["name", "family", "distance"]],
-                     hide_index=True, key="upload_nearest",
-                     column_config={"distance": st.column_config.NumberColumn(format="%.4f")})
+        st.table(result["nearest"].reset_index()[["name", "family", "distance"]].round(4)
+                 .set_index("name"))
     with exp:
         st.markdown("**Experts ranked for this task**")
         if result["experts"] is not None:
-            st.dataframe(result["experts"], hide_index=True, key="upload_experts")
+            st.table(result["experts"].head(10).set_index("rank"))
         else:
             st.info(result["experts_note"][:1].upper() + result["experts_note"][1:] + ".")
     d1, d2 = st.columns(2)

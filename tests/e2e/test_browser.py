@@ -39,7 +39,7 @@ def chromium():
 
 
 @pytest.fixture
-def page(chromium, server):
+def app_page(chromium, server):
     context = chromium.new_context(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(SLOW)
@@ -61,8 +61,9 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_open_the_map_and_switch_pages(page, server):
-    open_map(page, server)
+def test_open_the_map_and_switch_pages(app_page, server):
+    page = app_page
+    open_map(app_page, server)
     expect(page.get_by_text(f"{N_TASKS} tasks in 2 families")).to_be_visible()
     expect(charts(page).nth(1).locator(".scatterlayer .point")).to_have_count(N_TASKS)
     shot(page, "01-task-map")
@@ -78,12 +79,16 @@ def test_open_the_map_and_switch_pages(page, server):
     expect(page.get_by_text("This library has no experts yet", exact=False)).to_be_visible()
 
 
-def test_select_a_task_on_the_map_opens_its_card(page, server):
-    open_map(page, server)
+def test_select_a_task_on_the_map_opens_its_card(app_page, server):
+    page = app_page
+    open_map(app_page, server)
     point = charts(page).first.locator(".scatterlayer .point").first
     point.scroll_into_view_if_needed()
     box = point.bounding_box()
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)  # plotly picks the clicked point from the hover under the pointer
+    page.wait_for_timeout(300)
+    page.mouse.click(x, y)
     card = page.locator('[data-testid="stHeadingWithActionElements"] h3')
     expect(card).to_have_count(1, timeout=SLOW)
     name = card.inner_text()
@@ -99,7 +104,8 @@ def test_select_a_task_on_the_map_opens_its_card(page, server):
     expect(page.locator('[data-testid="stHeadingWithActionElements"] h3')).to_have_text(name, timeout=SLOW)
 
 
-def test_upload_a_small_dataset_and_see_its_neighbours(page, server, digits, tmp_path):
+def test_upload_a_small_dataset_and_see_its_neighbours(app_page, server, digits, tmp_path):
+    page = app_page
     images, labels = digits
     archive = tmp_path / "sevens-and-ones.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -115,14 +121,15 @@ def test_upload_a_small_dataset_and_see_its_neighbours(page, server, digits, tmp
     page.get_by_role("button", name="Embed and place").click()
     expect(page.get_by_text("Nearest library tasks")).to_be_visible(timeout=SLOW)
     expect(page.get_by_text(re.compile(r"sevens and ones: \d+ images, 2 classes"))).to_be_visible()
-    table = page.locator('[data-testid="stDataFrame"]').first
+    table = page.locator('[data-testid="stTable"]').first
     expect(table).to_contain_text(re.compile(r"(digits|fashion) \d vs \d"))
     expect(charts(page).first.locator(".scatterlayer .point")).to_have_count(N_TASKS + 5 + 1)
     shot(page, "05-upload")
 
 
-def test_export_a_figure_as_png_and_svg(page, server):
-    open_map(page, server)
+def test_export_a_figure_as_png_and_svg(app_page, server):
+    page = app_page
+    open_map(app_page, server)
     with page.expect_download(timeout=SLOW) as info:
         page.get_by_role("button", name="PNG").first.click()
     png = Path(info.value.path()).read_bytes()
