@@ -27,10 +27,6 @@ test: setup
 app: setup
 	$(BIN)/streamlit run app.py $(ARGS)
 
-# The explorer on the embedded demo library (another: make app ARGS="-- --db FILE").
-app: setup
-	$(BIN)/streamlit run app.py $(ARGS)
-
 bench: setup
 	$(BIN)/python benchmarks/bench_embed.py
 
