@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+import duckdb
 import numpy as np
 
 from . import distances, store
@@ -75,6 +76,12 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
                     "?, ?, ?, ?, ?, ?)", [started, datetime.now(timezone.utc), len(todo),
                                            seconds / max(len(todo), 1), device, json.dumps(summary)])
         con.execute("CHECKPOINT")
+    except (duckdb.Error, OSError) as exc:
+        # Disk full, output turned read-only, file lost: the published file was never touched,
+        # and the tasks committed so far stay in the work file for a resumed run.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise Task2VecError(f"cannot write {work}: {reason}; {db} is unchanged, and running the "
+                            f"same command again resumes the build") from None
     finally:
         con.close()
     try:

@@ -1,0 +1,146 @@
+"""Crashes and failing disks during a build: nothing is lost, nothing half-written is published.
+
+The build runs as the real CLI in a subprocess and is killed with SIGKILL at random moments
+(seeded), then run again; the result must equal an uninterrupted build.
+"""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import duckdb
+import numpy as np
+import pytest
+from PIL import Image
+
+from precompute import build
+from precompute.errors import Task2VecError
+
+from test_build import digit_specs, read_all
+
+pytestmark = pytest.mark.slow
+TRIALS = 10
+
+
+@pytest.fixture(scope="module")
+def library(digits, tmp_path_factory):
+    """A user library on disk: 5 digit-pair tasks of 30 PNG images each."""
+    root = tmp_path_factory.mktemp("faults") / "library"
+    images, labels = digits
+    for a, b in [(0, 1), (3, 8), (1, 7), (4, 9), (2, 5)]:
+        for c in (a, b):
+            folder = root / f"{a}-vs-{b}" / str(c)
+            folder.mkdir(parents=True)
+            for i in np.flatnonzero(labels == c)[:15]:
+                Image.fromarray(images[i]).save(folder / f"{i}.png")
+    return root
+
+
+def command(library, db, seed: int = 0) -> list[str]:
+    return [sys.executable, "-m", "precompute", "build", str(library), "--db", str(db),
+            "--input-size", "32", "--maps", "tsne", "--seed", str(seed), "--quiet"]
+
+
+def comparable(db) -> dict:
+    """Everything but the run log (a resumed build logs two runs)."""
+    content = read_all(db)
+    content.pop("runs")
+    content["embeddings"] = [(t, m, np.asarray(v).tobytes(), lvl)
+                             for t, m, v, lvl in content["embeddings"]]
+    return content
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(library, tmp_path_factory):
+    db = tmp_path_factory.mktemp("ref") / "lib.duckdb"
+    start = time.perf_counter()
+    subprocess.run(command(library, db), check=True, timeout=600)
+    return comparable(db), time.perf_counter() - start
+
+
+def test_sigkill_at_random_points_always_resumes_to_the_same_library(library, uninterrupted,
+                                                                    tmp_path):
+    reference, seconds = uninterrupted
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for trial in range(TRIALS):
+        db = tmp_path / f"trial{trial}.duckdb"
+        proc = subprocess.Popen(command(library, db))
+        try:
+            proc.wait(timeout=rng.uniform(0.15, 1.0) * seconds)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        # never a partial file at the published path: absent, or the finished library
+        if db.exists():
+            assert comparable(db) == reference
+        outcomes.append((proc.returncode, db.with_name(db.name + ".building").exists()))
+        subprocess.run(command(library, db), check=True, timeout=600)
+        assert comparable(db) == reference, f"trial {trial}"
+        assert not db.with_name(db.name + ".building").exists()
+    # the kills really interrupted builds, at different stages (some with work in progress)
+    assert sum(rc == -signal.SIGKILL for rc, _ in outcomes) >= TRIALS // 2
+    assert any(building for _, building in outcomes)
+
+
+def test_reading_the_library_during_a_rebuild_keeps_working(library, uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    db = tmp_path / "lib.duckdb"
+    subprocess.run(command(library, db), check=True, timeout=600)
+    counts, errors, stop = [], [], threading.Event()
+
+    def reader():  # what the app does: read-only connections, one query each
+        while not stop.is_set():
+            try:
+                con = duckdb.connect(str(db), read_only=True)
+                counts.append(con.cursor().execute("SELECT count(*) FROM embeddings").fetchone()[0])
+                con.close()
+            except Exception as exc:  # noqa: BLE001 - any failure is what we look for
+                errors.append(repr(exc))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:  # rebuild with another seed: other numbers, published over the file being read
+        subprocess.run(command(library, db, seed=1), check=True, timeout=600)
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
+    assert len(counts) > 10 and set(counts) == {10}
+    assert comparable(db)["embeddings"] != reference["embeddings"]
+
+
+def test_disk_full_mid_build_keeps_the_published_file(digits, tmp_path, monkeypatch):
+    db = tmp_path / "lib.duckdb"
+    specs = digit_specs(digits, n_tasks=3)
+    build.build_library(specs, db, library="digits", input_size=32, maps=(), progress=False)
+    before = db.read_bytes()
+    real = build.store.write_task
+    calls = {"n": 0}
+
+    def disk_fills_up(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise duckdb.IOException("Could not write file: No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build.store, "write_task", disk_fills_up)
+    with pytest.raises(Task2VecError, match="No space left on device.*unchanged.*resumes"):
+        build.build_library(digit_specs(digits, n_tasks=4), db, library="digits",
+                            input_size=32, maps=(), progress=False)
+    assert db.read_bytes() == before
+    # once there is space again, the same command resumes and finishes
+    monkeypatch.setattr(build.store, "write_task", real)
+    build.build_library(digit_specs(digits, n_tasks=4), db, library="digits", input_size=32,
+                        maps=(), progress=False)
+    assert len(read_all(db)["tasks"]) == 4
+    assert read_all(db)["runs"] == [(3,)]  # the first task written before the failure was kept
+
+
+def test_read_only_output_is_a_clear_error(digits):
+    with pytest.raises(Task2VecError, match="cannot open /sys/lib.duckdb.building"):
+        build.build_library(digit_specs(digits, n_tasks=2), "/sys/lib.duckdb", library="digits",
+                            input_size=32, maps=(), progress=False)
