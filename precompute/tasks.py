@@ -508,6 +508,9 @@ def _items_from_csv(csv_path: Path) -> list[_Item]:
                     raise Task2VecError(f"{where}: empty path; give an image path in every row")
                 if not label:
                     raise Task2VecError(f"{where}: empty label for {path_text}; give every row a label")
+                if not label.isprintable():
+                    raise Task2VecError(f"{where}: the label {shown_name(label)[:40]} holds a line "
+                                        "break or control character (an unterminated quote?)")
                 full = Path(path_text) if os.path.isabs(path_text) else base / path_text
                 if not full.is_file():
                     missing.append(f"{where}: file not found: {shown_name(path_text)}")
