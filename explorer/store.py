@@ -25,8 +25,8 @@ from precompute import store as pstore
 from precompute.errors import Task2VecError
 
 REQUIRED_TABLES = ("library_info", "tasks", "embeddings", "maps")
-EXPERT_HINT = ("build them with `python -m precompute experts ...` (see README.md); "
-               "the other pages work without them")
+EXPERT_HINT = ("build them with `python -m precompute experts LIBRARY --db FILE`, then `matrix` "
+               "and `evaluate` (see README.md); the other pages work without them")
 
 
 class LibraryError(Task2VecError):
@@ -47,6 +47,7 @@ class Library:
         maps: columns space ('task' | 'domain'), algorithm ('tsne' | 'umap'), task_id, x, y.
         tables: names of the tables present in the file.
         task_method: the Fisher method the task map and distances use.
+        expert_rows: rows of the performance matrix (0: no experts yet, even if the tables exist).
     """
 
     path: str
@@ -56,6 +57,8 @@ class Library:
     maps: pd.DataFrame
     tables: frozenset
     task_method: str
+    expert_rows: int = 0
+
 
     @property
     def name(self) -> str:
@@ -63,7 +66,7 @@ class Library:
 
     @property
     def has_experts(self) -> bool:
-        return {"experts", "performance"} <= self.tables
+        return self.expert_rows > 0
 
     @property
     def families(self) -> list[str]:
@@ -141,11 +144,14 @@ def _load_library(path: str, mtime: float) -> Library:
     norms = fetch("SELECT task_id, norm FROM embeddings WHERE method = ?", [task_method])
     tasks["norm"] = norms.set_index("task_id")["norm"].reindex(tasks.index)
     tasks["best_error"] = np.nan
+    expert_rows = 0
     if {"experts", "performance"} <= tables:
-        best = fetch("SELECT task_id, min(test_error) AS e FROM performance GROUP BY task_id")
+        best = fetch("SELECT task_id, min(test_error) AS e, count(*) AS n FROM performance "
+                     "GROUP BY task_id")
+        expert_rows = int(best["n"].sum())
         tasks["best_error"] = best.set_index("task_id")["e"].reindex(tasks.index).astype(float)
     maps = fetch("SELECT space, algorithm, task_id, x, y FROM maps")
-    return Library(path, mtime, info, tasks, maps, tables, task_method)
+    return Library(path, mtime, info, tasks, maps, tables, task_method, expert_rows)
 
 
 # ------------------------------------------------------------------------------ embeddings

@@ -84,9 +84,9 @@ def show_figure(fig: go.Figure, name: str, *, key: str, on_select=None, height: 
     if on_select is not None:
         args.update(on_select=on_select, selection_mode=("points", "box", "lasso"))
     event = st.plotly_chart(fig, **args)
-    cols = st.columns([1, 1, 4])
-    for col, fmt in zip(cols, ("png", "svg")):
-        col.download_button(fmt.upper(), data=lambda f=fig, t=fmt: export.to_image(f, t),
+    row = st.container(horizontal=True)
+    for fmt in ("png", "svg"):
+        row.download_button(fmt.upper(), data=lambda f=fig, t=fmt: export.to_image(f, t),
                             file_name=f"{export.file_stem(name)}.{fmt}", mime=export.MIME[fmt],
                             on_click="ignore", key=f"{key}_{fmt}", icon=":material/download:",
                             help=f"{name} as {fmt.upper()} (presentation style)")

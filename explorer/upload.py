@@ -135,7 +135,7 @@ def place(dist: pd.Series, xy: pd.DataFrame, k: int = NEIGHBOURS) -> tuple[float
 def rank_experts(lib: store.Library, embedding) -> tuple[pd.DataFrame | None, str]:
     """Experts ranked for a task's Fisher embedding by ``precompute.selection.rank_experts``
     (the model2vec selector), or (None, why not)."""
-    if "experts" not in lib.tables:
+    if not lib.has_experts:
         return None, f"this library has no experts yet; {store.EXPERT_HINT}"
     try:
         from precompute.selection import rank_experts as ranker

@@ -57,6 +57,7 @@ if submitted:
                                     name.strip() or "my task", on_stage=status.write,
                                     progress=progress)
                 status.update(label=f"Done in {result['seconds']['total']:.1f} s", state="complete")
+            bar.empty()
             st.session_state["upload"] = result
         except Task2VecError as exc:
             bar.empty()

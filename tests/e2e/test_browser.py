@@ -40,7 +40,7 @@ def chromium():
 
 @pytest.fixture
 def app_page(chromium, server):
-    context = chromium.new_context(viewport={"width": 1600, "height": 1000}, accept_downloads=True)
+    context = chromium.new_context(viewport={"width": 1600, "height": 2200}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(SLOW)
     yield page
