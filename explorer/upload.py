@@ -95,8 +95,9 @@ def _rewrite_csv(data: bytes, out: Path) -> Path:
     rows = []
     for row in reader:
         row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-        if row.get("path"):
-            rows.append({"path": f"images/{safe_name(row['path'])}", "label": row.get("label", "")})
+        # An empty path stays empty, so that load_task names the line instead of a row vanishing.
+        path = f"images/{safe_name(row['path'])}" if row.get("path") else ""
+        rows.append({"path": path, "label": row.get("label", "")})
     with open(out, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "label"])
         writer.writeheader()
