@@ -7,8 +7,10 @@ descending score (ties broken by a seeded random order).
 ``chance``         a uniformly random expert (Table 1's "Chance"; its metrics are the exact
                    expectation over uniform picks)
 ``imagenet``       always the generic ImageNet expert (then random)
-``task2vec``       -d_sym(expert's training task, task)                       (section 3.3)
-``task2vec_asym``  -d_asym(expert -> task), alpha chosen on the training tasks (section 3.3)
+``task2vec``       -d_sym(expert's training task, task)                       (section 3.3);
+                   the ImageNet expert, whose task is unknown, comes last
+``task2vec_asym``  -d_asym(expert -> task), alpha chosen on the training tasks (section 3.3);
+                   ImageNet last, as for ``task2vec``
 ``model2vec``      -d_asym(m_i -> task), m_i = F_i * exp(b_i), b_i learned with the k-way
                    cross-entropy of section 3.4 on the training tasks
 ``logme``          LogME (You et al. 2021) of the expert's features on the task's train split
@@ -398,9 +400,10 @@ def selector_scores(selector: str, data: SelectionData, fitted: FittedSelectors 
             s[data.imagenet] = 1.0
         return s
     if selector == "task2vec":
-        return -dsym[:, tasks]
+        return _imagenet_last(-dsym[:, tasks], data.imagenet)
     if selector == "task2vec_asym":
-        return -(dsym[:, tasks] - fitted.alpha * fitted.complexity[:, None])
+        return _imagenet_last(-(dsym[:, tasks] - fitted.alpha * fitted.complexity[:, None]),
+                              data.imagenet)
     if selector == "model2vec":
         return -fitted.model2vec.distances(data.expert_values, data.task_values[tasks],
                                            data.trivial_level)
@@ -411,6 +414,17 @@ def selector_scores(selector: str, data: SelectionData, fitted: FittedSelectors 
     if selector == "static_prior":
         return np.repeat(-fitted.static_prior[:, None], len(tasks), axis=1)
     raise Task2VecError(f"unknown selector {selector!r}; choose from {', '.join(SELECTORS)}")
+
+
+def _imagenet_last(scores: np.ndarray, imagenet: int) -> np.ndarray:
+    """The TASK2VEC distance selectors pick "the expert trained on the most similar task"
+    (section 4.2, strategy 1); ImageNet's task is unknown here, so it comes after every expert
+    whose task is known (Model2Vec instead learns where to put it, from F = 0)."""
+    if imagenet >= 0 and scores.shape[0] > 1:
+        scores = scores.copy()
+        others = np.delete(scores, imagenet, axis=0)
+        scores[imagenet] = others.min(0) - 1.0
+    return scores
 
 
 def rankings_from_scores(scores: np.ndarray, candidates: np.ndarray,
@@ -671,7 +685,8 @@ def rank_experts(con, embedding: TaskEmbedding, selector: str = "model2vec") -> 
         if selector == "task2vec_asym":
             t0 = np.full((1, experts.shape[1]), trivial, np.float32)
             d = d - sel["alpha"] * distances.symmetric_matrix(experts, t0)[:, 0]
-        scores = -d
+        scores = _imagenet_last(-d[:, None], ids.index(IMAGENET_EXPERT)
+                                if IMAGENET_EXPERT in ids else -1)[:, 0]
     order = np.lexsort((rng.permutation(len(ids)), -scores))
     rank = np.empty(len(ids), dtype=int)
     rank[order] = np.arange(1, len(ids) + 1)
