@@ -28,3 +28,4 @@ try:
 finally:  # also after st.stop(): the URL and the figure pack follow what the page showed
     state.write_url()
     ui.figure_pack_button(pack)
+    ui.prefetch()

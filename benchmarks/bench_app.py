@@ -138,7 +138,7 @@ def selection_latency(browser, db: Path, clicks: int, log: Path) -> list[float]:
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(url)
         first_points(page).first.wait_for(timeout=120_000)
-        page.wait_for_timeout(4000)  # let the embedding matrix finish loading (prefetch)
+        page.wait_for_timeout(12000)  # let the background decode of the embeddings finish
         pts = first_points(page)
         count = pts.count()
         heading = page.locator('[data-testid="stHeadingWithActionElements"] h3')

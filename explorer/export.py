@@ -18,8 +18,6 @@ from typing import Mapping
 
 import plotly.graph_objects as go
 
-from precompute.errors import Task2VecError
-
 CHROMIUM = "/usr/bin/chromium"
 WIDTH, HEIGHT = 1600, 900
 PNG_SCALE = 2
@@ -35,6 +33,8 @@ def _ensure_server() -> None:
         return
     os.environ.setdefault("BROWSER_PATH", CHROMIUM)
     if not os.path.exists(os.environ["BROWSER_PATH"]):
+        from precompute.errors import Task2VecError
+
         raise Task2VecError(f"figure export needs Chromium at {os.environ['BROWSER_PATH']}: "
                             "install the Debian package `chromium` or set BROWSER_PATH")
     import kaleido
@@ -55,6 +55,8 @@ def presentation(fig: go.Figure, height: int | None = None) -> go.Figure:
 def to_image(fig: go.Figure, fmt: str) -> bytes:
     """PNG or SVG bytes of the figure in the presentation layout."""
     if fmt not in MIME:
+        from precompute.errors import Task2VecError
+
         raise Task2VecError(f"unknown figure format {fmt!r}; use png or svg")
     slide = presentation(fig)
     import kaleido

@@ -7,8 +7,6 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from precompute.errors import Task2VecError
-
 from . import export, state, store
 
 
@@ -17,15 +15,23 @@ def library() -> store.Library:
     path = st.session_state.get("db") or state.start_library()
     try:
         lib = store.open_library(path)
-    except Task2VecError as exc:
+    except store.LibraryError as exc:
         st.error(str(exc))
         if Path(path).resolve() == state.DEFAULT_LIBRARY:
             st.info("The embedded demo library is built with `python -m precompute build demo "
                     "--db data/demo.duckdb`. Or open another library file in the sidebar, start "
                     "with `streamlit run app.py -- --db FILE`, or set TASK2VEC_DB.")
         st.stop()
-    store.prefetch(lib)  # the embedding matrix, for the first task card, in the background
+    st.session_state["_library"] = lib
     return lib
+
+
+def prefetch() -> None:
+    """After the page is out: decode the library's embeddings in the background (imports torch
+    and numba, a few seconds), so the first task card or upload does not wait for it."""
+    lib = st.session_state.get("_library")
+    if lib is not None:
+        store.prefetch(lib)
 
 
 def sidebar():

@@ -30,9 +30,8 @@ algo = state.choice("Map", algorithms, "algo", "tsne", container=c1,
 color_opts = figures.color_options(tasks)
 color = state.choice("Colour by", list(color_opts), "color", "family", container=c2,
                      format_func=color_opts.get)
-task_ids = [""] + list(tasks.index)
-state.choice("Open a task card", task_ids, "task", "", container=c3,
-             format_func=lambda t: "(none)" if not t else f"{tasks.at[t, 'name']}  ·  {tasks.at[t, 'family']}",
+labels = {"": "(none)", **dict(zip(tasks.index, tasks["name"] + "  ·  " + tasks["family"]))}
+state.choice("Open a task card", list(labels), "task", "", container=c3, format_func=labels.get,
              on_change=lambda: state.select_tasks([st.session_state["task"]]))
 
 
