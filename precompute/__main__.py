@@ -155,40 +155,36 @@ def _analyse(args: argparse.Namespace) -> int:
     return 0
 
 
-def _library_file(args: argparse.Namespace):
-    """The library file opened for writing, and the library's specs read with its build seed."""
+def _library_specs_of(args: argparse.Namespace) -> list:
+    """The library's specs, read with the seed the file was built with."""
     from . import store
 
-    con = store.open_library(args.db)
+    con = store.open_library(args.db, read_only=True)
     try:
         info = store.get_info(con)
-        if Path(str(info.get("library"))).name != Path(args.library).name:
-            raise Task2VecError(f"{args.db} was built from library {info.get('library')!r}, "
-                                f"not {args.library!r}")
-        args.seed_library = int(info.get("seed", 0))
-        saved, args.seed = getattr(args, "seed", None), args.seed_library
-        try:
-            specs = _library_specs(args)
-        finally:
-            args.seed = saved
-    except BaseException:
+    finally:
         con.close()
-        raise
-    return con, specs
+    if Path(str(info.get("library"))).name != Path(args.library).name:
+        raise Task2VecError(f"{args.db} was built from library {info.get('library')!r}, "
+                            f"not {args.library!r}")
+    saved, args.seed = getattr(args, "seed", None), int(info.get("seed", 0))
+    try:
+        return _library_specs(args)
+    finally:
+        args.seed = saved
 
 
 def _experts(args: argparse.Namespace) -> int:
+    from . import store
     from .experts import build_experts
 
-    con, specs = _library_file(args)
-    try:
+    specs = _library_specs_of(args)
+    with store.updating(args.db) as con:
         plans = build_experts(con, specs, args.cache, num_experts=args.experts, sources=args.sources,
                               steps=args.steps, max_images=args.max_images, seed=args.seed,
                               device=args.device, progress=not args.quiet)
         rows = con.execute("SELECT expert_id, meta->>'seconds', meta->>'images' FROM experts "
                            "ORDER BY expert_id").fetchall()
-    finally:
-        con.close()
     for expert_id, seconds, images in rows:
         print(f"{expert_id:<60} {images:>6} images {float(seconds):8.2f} s")
     print(f"{len(plans)} experts in {args.db}")
@@ -196,15 +192,14 @@ def _experts(args: argparse.Namespace) -> int:
 
 
 def _matrix(args: argparse.Namespace) -> int:
+    from . import store
     from .experts import compute_matrix
 
-    con, specs = _library_file(args)
-    try:
+    specs = _library_specs_of(args)
+    with store.updating(args.db) as con:
         timings = compute_matrix(con, specs, args.cache, device=args.device, max_train=args.max_train,
                                  max_test=args.max_test, progress=not args.quiet)
         n = con.execute("SELECT count(*), avg(seconds) FROM performance").fetchone()
-    finally:
-        con.close()
     tail = sum(timings["tail_s"].values())
     print(f"performance matrix: {n[0]} expert-task pairs in {args.db} ({timings['pairs']} this run; "
           f"trunk {timings['trunk_s']:.1f} s, expert features {tail:.1f} s, "
@@ -216,11 +211,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from . import store
     from .selection import evaluate, table1
 
-    con = store.open_library(args.db)
-    try:
+    with store.updating(args.db) as con:
         summary = evaluate(con, seeds=args.seeds, folds=args.folds, progress=not args.quiet)
-    finally:
-        con.close()
     print(table1(summary))
     return 0
 

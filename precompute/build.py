@@ -84,11 +84,7 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
                             f"same command again resumes the build") from None
     finally:
         con.close()
-    try:
-        os.replace(work, db)
-    except OSError as exc:
-        raise Task2VecError(f"cannot publish {db}: {exc.strerror}; the finished build stays in "
-                            f"{work}") from None
+    store.publish(work, db)
     return db
 
 

@@ -110,3 +110,29 @@ def test_resume_with_other_settings_is_refused(digits, tmp_path, monkeypatch):
     with pytest.raises(Task2VecError, match="input_size"):
         build.build_library(digit_specs(digits), db, library="digits", input_size=48,
                             progress=False)
+
+
+def test_stages_update_a_copy_and_publish_it_atomically(digits, tmp_path):
+    db = tmp_path / "lib.duckdb"
+    build.build_library(digit_specs(digits, n_tasks=2), db, library="digits", input_size=SIDE,
+                        maps=(), progress=False)
+    assert not list(tmp_path.glob("*.building*"))  # published, work file gone
+    with store.updating(db) as con:
+        con.execute("CREATE TABLE note AS SELECT 1 AS x")
+        # the app keeps reading the published file while a stage writes
+        reader = duckdb.connect(str(db), read_only=True)
+        assert reader.execute("SELECT count(*) FROM tasks").fetchone() == (2,)
+        reader.close()
+    with pytest.raises(KeyboardInterrupt):  # killed half-way: the published file is unchanged
+        with store.updating(db) as con:
+            con.execute("INSERT INTO note VALUES (2)")
+            raise KeyboardInterrupt
+    check = duckdb.connect(str(db), read_only=True)
+    assert check.execute("SELECT x FROM note").fetchall() == [(1,)]
+    check.close()
+    with store.updating(db) as con:  # the next run resumes from the unfinished copy
+        assert con.execute("SELECT x FROM note ORDER BY x").fetchall() == [(1,), (2,)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.duckdb"]
+    with pytest.raises(Task2VecError, match="no such library file"):
+        with store.updating(tmp_path / "missing.duckdb"):
+            pass
