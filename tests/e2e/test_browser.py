@@ -95,6 +95,10 @@ def test_select_a_task_on_the_map_opens_its_card(app_page, server):
     assert re.fullmatch(r"(digits|fashion) \d vs \d", name), name
     expect(page).to_have_url(re.compile(r"task=(digits|fashion)%2F\d-vs-\d"))
     expect(page.get_by_text("Nearest tasks")).to_be_visible()
+    expect(page.locator('[data-testid="stTable"]').first).to_contain_text(re.compile(r"\d\.\d{4}"))
+    expect(page.locator('[data-testid="stImage"] img')).to_have_count(6)  # thumbnails
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
     # the same task is ringed on the other map (linked views)
     expect(charts(page).nth(1).locator(".scatterlayer .point")).to_have_count(N_TASKS + 1)
     shot(page, "04-task-card")
