@@ -26,14 +26,19 @@ def digits():
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 
 
-@pytest.fixture(scope="session")
-def fashion():
-    """The first 300 Fashion-MNIST test images and labels (another domain than digits)."""
+def fashion_test_images(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` Fashion-MNIST test images (uint8 [n, 28, 28]) and labels."""
     with gzip.open(FASHION_MNIST / "t10k-images-idx3-ubyte.gz") as fh:
         images = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)
     with gzip.open(FASHION_MNIST / "t10k-labels-idx1-ubyte.gz") as fh:
         labels = np.frombuffer(fh.read(), np.uint8, offset=8)
-    return images[:300], labels[:300]
+    return images[:n], labels[:n]
+
+
+@pytest.fixture(scope="session")
+def fashion():
+    """The first 300 Fashion-MNIST test images and labels (another domain than digits)."""
+    return fashion_test_images(300)
 
 
 @pytest.fixture(scope="session")

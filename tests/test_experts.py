@@ -6,7 +6,6 @@ where the right answer is known.
 """
 from __future__ import annotations
 
-import gzip
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import FASHION_MNIST, expect_error
+from conftest import expect_error, fashion_test_images
 from precompute import build, experts, selection, store
 from precompute.errors import Task2VecError
 from precompute.libraries import TaskSpec
@@ -34,21 +33,13 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def _fashion_images():
-    with gzip.open(FASHION_MNIST / "t10k-images-idx3-ubyte.gz") as fh:
-        images = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(FASHION_MNIST / "t10k-labels-idx1-ubyte.gz") as fh:
-        labels = np.frombuffer(fh.read(), np.uint8, offset=8)
-    return images[:2000], labels[:2000]
-
-
 def write_manifest(root: Path, digits) -> Path:
     """Digit-pair and fashion-pair tasks; each image is one file, shared by every task that uses
     it (digit 1 is in two tasks), so shared images have identical pixels."""
     root.mkdir(parents=True, exist_ok=True)
     lines = ["path,label,task,taxonomy"]
     for family, (images, labels), pairs in (("digits", digits, DIGIT_PAIRS),
-                                            ("fashion", _fashion_images(), FASHION_PAIRS)):
+                                            ("fashion", fashion_test_images(2000), FASHION_PAIRS)):
         for a, b in pairs:
             for c in (a, b):
                 for i in np.flatnonzero(labels == c)[:PER_CLASS]:
