@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from explorer import figures, store, ui
+from explorer import figures, jobs, store, ui
 from explorer import upload as up
 from precompute.errors import Task2VecError
 
@@ -23,6 +23,12 @@ def probe_network(name: str):
     from precompute.probes import create
 
     return create(name)
+
+
+@st.cache_resource(show_spinner=False)
+def job_queue() -> jobs.JobQueue:
+    """One queue per server process, shared by all sessions: one embedding at a time."""
+    return jobs.JobQueue()
 
 
 st.title("Upload a task")
@@ -52,11 +58,23 @@ if submitted:
                     lo, hi = stages.get(stage, (0.0, 1.0))
                     bar.progress(min(lo + (hi - lo) * fraction, 1.0), text=f"Embedding: {stage}")
 
-                result = up.process(lib, [(f.name, f.getvalue()) for f in files], folder,
-                                    probe_network(lib.info.get("probe", "efficientnet_lite0")),
-                                    name.strip() or "my task", on_stage=status.write,
-                                    progress=progress)
-                status.update(label=f"Done in {result['seconds']['total']:.1f} s", state="complete")
+                def waiting(ahead: int) -> None:
+                    status.update(label=f"Waiting: {ahead} upload(s) ahead of yours", state="running")
+
+                with job_queue().slot(on_wait=waiting) as queued:
+                    if queued["max_ahead"]:
+                        status.update(label="Working on the upload ...")
+                        status.write(f"Waited {queued['waited']:.1f} s behind "
+                                     f"{queued['max_ahead']} upload(s)")
+                    result = up.process(lib, [(f.name, f.getvalue()) for f in files], folder,
+                                        probe_network(lib.info.get("probe", "efficientnet_lite0")),
+                                        name.strip() or "my task", on_stage=status.write,
+                                        progress=progress)
+                result["queue"] = dict(queued)
+                waited = (f" (waited {queued['waited']:.1f} s behind {queued['max_ahead']} "
+                          "upload(s))" if queued["max_ahead"] else "")
+                status.update(label=f"Done in {result['seconds']['total']:.1f} s{waited}",
+                              state="complete")
             bar.empty()
             st.session_state["upload"] = result
         except Task2VecError as exc:
@@ -71,8 +89,11 @@ if result and result.get("library") != lib.path:
     result = None
 if result:
     st.subheader(f"{result['name']}: {result['size']} images, {len(result['classes'])} classes")
+    queued = result.get("queue") or {}
     st.caption(f"Embedding norm {result['norm']:.4g} · loaded in {result['seconds']['load']:.1f} s, "
-               f"embedded in {result['seconds']['embed']:.1f} s")
+               f"embedded in {result['seconds']['embed']:.1f} s"
+               + (f" · waited {queued['waited']:.1f} s in the queue behind {queued['max_ahead']} "
+                  "upload(s)" if queued.get("max_ahead") else ""))
     near, exp = st.columns(2)
     with near:
         st.markdown("**Nearest library tasks** (symmetric TASK2VEC distance)")
