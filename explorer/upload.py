@@ -137,7 +137,7 @@ def rank_experts(lib: store.Library, embedding) -> tuple[pd.DataFrame | None, st
     """Experts ranked for a task's Fisher embedding by ``precompute.selection.rank_experts``
     (the model2vec selector), or (None, why not)."""
     if not lib.has_experts:
-        return None, f"this library has no experts yet; {store.EXPERT_HINT}"
+        return None, store.expert_hint(lib)
     try:
         from precompute.selection import rank_experts as ranker
     except ImportError:

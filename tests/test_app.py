@@ -215,6 +215,17 @@ def test_taxonomy_link_to_a_branch_too_small_falls_back_to_all_tasks(app_library
 
 
 @pytest.mark.parametrize("page", ["difficulty", "selection"])
+def test_shipped_library_has_experts_and_says_the_matrix_is_missing(page):
+    """data/demo.duckdb, the file `make app` opens: experts trained, no performance matrix."""
+    from pathlib import Path
+
+    at = open_app(Path(__file__).resolve().parents[1] / "data" / "demo.duckdb", page)
+    assert any("has experts but no performance matrix yet" in i.value
+               and "python -m precompute matrix" in i.value for i in at.info)
+    assert not charts(at)
+
+
+@pytest.mark.parametrize("page", ["difficulty", "selection"])
 def test_pages_without_experts_explain_how_to_build_them(app_library, page):
     at = open_app(app_library, page)
     assert any("no experts yet" in i.value and "python -m precompute experts" in i.value

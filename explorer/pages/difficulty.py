@@ -17,7 +17,8 @@ st.caption("Embedding norm (L1 of the Fisher embedding) against the test error o
            "expert on each task (paper Fig. 2 right).")
 
 if not lib.has_experts:
-    st.info(f"This library has no experts yet, so no best-expert errors; {store.EXPERT_HINT}.")
+    hint = store.expert_hint(lib)
+    st.info(f"{hint[0].upper()}{hint[1:]}.")
     st.stop()
 
 families = ["", *lib.families]

@@ -15,7 +15,8 @@ st.caption("Which expert (feature extractor) to use on a task, chosen from the t
            "alone, compared with training every expert on it (paper section 4.2).")
 
 if not lib.has_experts:
-    st.info(f"This library has no experts yet; {store.EXPERT_HINT}.")
+    hint = store.expert_hint(lib)
+    st.info(f"{hint[0].upper()}{hint[1:]}.")
     st.stop()
 
 results = store.selection_results(lib)
