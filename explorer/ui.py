@@ -26,6 +26,14 @@ def library() -> store.Library:
     return lib
 
 
+def require_experts(lib: store.Library) -> None:
+    """Stop the page with a note on how to add experts when the library has no expert errors."""
+    if not lib.has_experts:
+        hint = store.expert_hint(lib)
+        st.info(f"{hint[0].upper()}{hint[1:]}.")
+        st.stop()
+
+
 def prefetch() -> None:
     """After the page is out: decode the library's embeddings in the background (imports torch
     and numba, a few seconds), so the first task card or upload does not wait for it."""

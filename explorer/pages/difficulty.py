@@ -6,7 +6,7 @@ best achievable error) put more information into the probe's weights.
 import streamlit as st
 from scipy.stats import spearmanr
 
-from explorer import figures, state, store, ui
+from explorer import figures, state, ui
 
 lib = ui.library()
 tasks = lib.tasks
@@ -16,10 +16,7 @@ st.title("Difficulty")
 st.caption("Embedding norm (L1 of the Fisher embedding) against the test error of the best "
            "expert on each task (paper Fig. 2 right).")
 
-if not lib.has_experts:
-    hint = store.expert_hint(lib)
-    st.info(f"{hint[0].upper()}{hint[1:]}.")
-    st.stop()
+ui.require_experts(lib)
 
 families = ["", *lib.families]
 family = state.choice("Family", families, "family", "", format_func=lambda f: f or "all families")

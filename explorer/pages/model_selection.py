@@ -14,10 +14,7 @@ st.title("Model selection")
 st.caption("Which expert (feature extractor) to use on a task, chosen from the task's embedding "
            "alone, compared with training every expert on it (paper section 4.2).")
 
-if not lib.has_experts:
-    hint = store.expert_hint(lib)
-    st.info(f"{hint[0].upper()}{hint[1:]}.")
-    st.stop()
+ui.require_experts(lib)
 
 results = store.selection_results(lib)
 st.subheader("Error increase over the best expert (Table 1)")
