@@ -3,6 +3,7 @@ waiter is told, the bound on waiters and the slot released when a job fails."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -16,6 +17,14 @@ def wait_until(queue: JobQueue, running: int, waiting: int) -> None:
     with queue._cond:
         assert queue._cond.wait_for(lambda: (queue._running, len(queue._waiting)) == (running, waiting),
                                     WAIT), queue.snapshot()
+
+
+def told(holder: "Holder", ahead: int) -> None:
+    """Block until ``holder``'s waiting thread has been told it has ``ahead`` jobs ahead."""
+    deadline = time.monotonic() + WAIT
+    while not (holder.positions and holder.positions[-1] == ahead):
+        assert time.monotonic() < deadline, (holder.positions, ahead)
+        time.sleep(0.001)
 
 
 class Holder:
@@ -68,6 +77,10 @@ def test_waiters_run_in_arrival_order_and_see_their_positions():
         h.finish()
         if k + 1 < len(holders):
             wait_until(queue, 1, len(holders) - k - 2)
+            # each waiter reports its new place from its own thread, outside the queue's lock:
+            # let every one of them do so before the line moves again
+            for j in range(k + 2, len(holders)):
+                told(holders[j], j - k - 1)
     assert log == list("abcde")
     for k, h in enumerate(holders[1:], start=1):
         # told every position from k down to 1, in that order (repeats while nothing moves)
