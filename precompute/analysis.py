@@ -4,7 +4,9 @@
   taxonomic distance, and the neighbourhood curve: the mean taxonomic distance of a task's k
   nearest tasks, against chance (a random neighbour) and the taxonomy itself (the best possible).
 - Shared domain (Fig. 1): among tasks on one domain, how often a task's nearest neighbours are
-  related tasks, with TASK2VEC and with the domain embedding.
+  related tasks, with TASK2VEC and with the domain embedding; for the whole family, and for
+  its branch of tasks drawn from one image pool, where only the labels differ (the paper's
+  iMaterialist setting, where the domain embedding cannot tell tasks apart).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from . import distances, store
-from .libraries.demo import taxonomic_distance
+from .libraries.demo import WHOLE_POOL, taxonomic_distance
 
 
 @dataclass
@@ -47,8 +49,10 @@ class LibraryView:
             task_distance=distances.symmetric_matrix(fisher),
             domain_distance=distances.cosine_matrix(domain) if dom_ids == ids else None)
 
-    def subset(self, family: str) -> "LibraryView":
-        keep = [i for i, f in enumerate(self.family) if f == family]
+    def subset(self, family: str, branch: str | None = None) -> "LibraryView":
+        """The tasks of one family, or of one branch (second taxonomy level) of it."""
+        keep = [i for i, (f, tax) in enumerate(zip(self.family, self.taxonomy))
+                if f == family and (branch is None or tax[1:2] == (branch,))]
         pick = np.ix_(keep, keep)
         return LibraryView(
             [self.ids[i] for i in keep], [self.family[i] for i in keep],
@@ -99,7 +103,7 @@ def related_precision(dist: np.ndarray, ids: list[str], related: list[set[str]],
 
 
 def report(path, taxonomy_family: str = "glyphs", domain_family: str = "fashion_mnist",
-           k: int = 5) -> dict:
+           k: int = 5, one_pool_branch: str = WHOLE_POOL) -> dict:
     """All checks for one library file; families missing from the file are skipped."""
     view = LibraryView.load(path)
     out: dict = {"tasks": len(view.ids)}
@@ -111,16 +115,23 @@ def report(path, taxonomy_family: str = "glyphs", domain_family: str = "fashion_
                            "p_value": p, "curve": neighbourhood_curve(sub.task_distance, tax)}
         if sub.domain_distance is not None:
             out["taxonomy"]["spearman_domain"] = taxonomy_correlation(sub.domain_distance, tax)[0]
-    if view.family.count(domain_family) >= k + 1:
-        sub = view.subset(domain_family)
-        share = {"family": domain_family, "tasks": len(sub.ids), "k": k,
-                 "task2vec": related_precision(sub.task_distance, sub.ids, sub.related, k),
-                 "chance": float(np.mean([len(r & set(sub.ids)) / (len(sub.ids) - 1)
-                                          for r in sub.related if r]))}
-        if sub.domain_distance is not None:
-            share["domain"] = related_precision(sub.domain_distance, sub.ids, sub.related, k)
-        out["shared_domain"] = share
+    # The domain family as a whole, and its branch of tasks that share one image pool (the
+    # paper's iMaterialist setting: only the labels differ between tasks).
+    for key, branch in (("shared_domain", None), ("one_pool", one_pool_branch)):
+        sub = view.subset(domain_family, branch)
+        if len(sub.ids) >= k + 1:
+            out[key] = _related_check(sub, k) | {"family": domain_family, "branch": branch}
     return out
+
+
+def _related_check(sub: LibraryView, k: int) -> dict:
+    share = {"tasks": len(sub.ids), "k": k,
+             "task2vec": related_precision(sub.task_distance, sub.ids, sub.related, k),
+             "chance": float(np.mean([len(r & set(sub.ids)) / (len(sub.ids) - 1)
+                                      for r in sub.related if r]))}
+    if sub.domain_distance is not None:
+        share["domain"] = related_precision(sub.domain_distance, sub.ids, sub.related, k)
+    return share
 
 
 def markdown(result: dict) -> str:
@@ -140,9 +151,12 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {c['k'][i]} | {c['embedding'][i]:.2f} | {c['taxonomy'][i]:.2f} | "
                              f"{c['chance'][i]:.2f} |")
         lines.append("")
-    if "shared_domain" in result:
-        s = result["shared_domain"]
-        lines += [f"### Shared domain ({s['family']}, {s['tasks']} tasks)", "",
+    for key, title in (("shared_domain", "Shared domain"), ("one_pool", "One image pool")):
+        if key not in result:
+            continue
+        s = result[key]
+        where = s["family"] + (f" / {s['branch']}" if s.get("branch") else "")
+        lines += [f"### {title} ({where}, {s['tasks']} tasks)", "",
                   f"Fraction of each task's {s['k']} nearest tasks that are related tasks:", "",
                   "| embedding | precision@k |", "|---|---|",
                   f"| TASK2VEC (montecarlo, symmetric distance) | **{s['task2vec']:.3f}** |"]

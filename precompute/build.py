@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import time
 import zlib
 from datetime import datetime, timezone
@@ -38,7 +39,13 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
                   probe: str = DEFAULT_PROBE, methods: Sequence[str] = ("montecarlo", "domain"),
                   input_size: int = DEFAULT_INPUT_SIZE, device: str = "cpu", seed: int = 0,
                   maps: Sequence[str] = ("tsne", "umap"), progress: bool = True) -> Path:
-    """Embed ``specs`` into the DuckDB file ``db`` (created or replaced atomically)."""
+    """Embed ``specs`` into the DuckDB file ``db``, published atomically.
+
+    If ``db`` is a library built with the same settings (library, probe, methods, input size,
+    seed), it is extended: only tasks not in it are embedded, the maps are recomputed, and its
+    experts and performance matrix are kept (the ``matrix`` stage then fills the new tasks'
+    rows); otherwise ``db`` is replaced by a fresh build.
+    """
     db = Path(db)
     if not specs:
         raise Task2VecError(f"library {library!r} has no tasks")
@@ -57,6 +64,10 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
     settings = {"library": library, "probe": probe, "methods": list(methods),
                 "input_size": input_size, "seed": seed, "filters": probe_net.num_filters,
                 "layers": [[n, m.weight.shape[0]] for n, m in probe_net.filter_layers()]}
+    if not work.exists() and _built_with(db, settings):
+        # A library that grew: start from the published file (its experts and matrix
+        # included) and embed only the new tasks.
+        _copy_atomically(db, work)
     try:
         con = store.connect(work, probe_net.num_filters)
     except Exception as exc:  # duckdb raises its own types for locked or foreign files
@@ -68,6 +79,8 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
         done = store.done_task_ids(con)
         todo = [s for s in specs if s.task_id not in done]
         seconds = _embed_tasks(con, todo, probe_net, methods, input_size, device, seed, progress)
+        if todo:
+            _drop_stale_selection(con)
         _compute_maps(con, methods, maps, seed, progress)
         summary = {"tasks_total": len(specs), "tasks_embedded_this_run": len(todo),
                    "seconds_embedding": round(seconds, 2), "versions": _versions(), **settings}
@@ -88,12 +101,49 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
     return db
 
 
+_RESUME_KEYS = ("library", "probe", "methods", "input_size", "seed")
+
+
+def _built_with(db: Path, settings: dict) -> bool:
+    """Whether ``db`` is a finished library built with these settings."""
+    if not db.is_file():
+        return False
+    try:
+        con = duckdb.connect(str(db), read_only=True)
+    except duckdb.Error:
+        return False
+    try:
+        info = store.get_info(con)
+    except duckdb.Error:
+        return False
+    finally:
+        con.close()
+    return all(info.get(k) == settings[k] for k in _RESUME_KEYS)
+
+
+def _copy_atomically(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".copying")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise Task2VecError(f"cannot copy {src} to {dst}: {exc.strerror}; {src} is unchanged") from None
+
+
+def _drop_stale_selection(con) -> None:
+    """New tasks make the stored model-selection evaluation stale (run evaluate again)."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    for table in ("selection_results", "selector_rankings", "model2vec"):
+        if table in tables:
+            con.execute(f"DELETE FROM {table}")
+
+
 def _check_resume(con, settings: dict, work: Path) -> None:
     info = store.get_info(con)
     if not info:
         return
-    changed = [k for k in ("library", "probe", "methods", "input_size", "seed")
-               if info.get(k) != settings[k]]
+    changed = [k for k in _RESUME_KEYS if info.get(k) != settings[k]]
     if changed:
         raise Task2VecError(f"an unfinished build with other settings ({', '.join(changed)}) is in "
                             f"{work}: run with the same options to resume, or delete that file")

@@ -488,6 +488,11 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
     trivial = con.execute("SELECT any_value(trivial_level) FROM embeddings "
                           "WHERE method = 'montecarlo'").fetchone()[0]
     store.set_info(con, experts={**settings, "cache": str(ws.root)})
+    stale = sorted(set(done) - {p.expert_id for p in plans})
+    if stale:  # the library grew and the plan changed: the file's experts are the plan's
+        _delete_experts(con, stale)
+        if progress:
+            print(f"dropped {len(stale)} expert(s) no longer planned: {', '.join(stale)}", flush=True)
     bar = tqdm(plans, desc="experts", unit="expert", disable=not progress)
     for plan in bar:
         bar.set_postfix_str(plan.expert_id[-40:])
@@ -517,8 +522,7 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
         meta["seconds_total"] = round(time.perf_counter() - t0, 3)
         con.execute("BEGIN TRANSACTION")
         try:
-            for table in ("experts", "expert_embeddings", "performance", "feature_scores"):
-                con.execute(f"DELETE FROM {table} WHERE expert_id = ?", [plan.expert_id])
+            _delete_experts(con, [plan.expert_id], transaction=False)
             con.execute("INSERT INTO experts VALUES (?, ?, ?, ?, ?)",
                         [plan.expert_id, plan.name, plan.kind, list(plan.source_tasks),
                          json.dumps(meta)])
@@ -530,6 +534,21 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
             raise
     ws.clear_memo()
     return plans
+
+
+def _delete_experts(con, expert_ids: Sequence[str], transaction: bool = True) -> None:
+    """Remove experts with their embeddings and performance rows."""
+    if transaction:
+        con.execute("BEGIN TRANSACTION")
+    try:
+        for table in ("experts", "expert_embeddings", "performance", "feature_scores"):
+            con.executemany(f"DELETE FROM {table} WHERE expert_id = ?", [[e] for e in expert_ids])
+        if transaction:
+            con.execute("COMMIT")
+    except BaseException:
+        if transaction:
+            con.execute("ROLLBACK")
+        raise
 
 
 def _weights_ok(ws: Workspace, meta: dict) -> bool:

@@ -101,6 +101,36 @@ def test_killed_build_resumes_to_the_same_result(digits, tmp_path, monkeypatch, 
     assert not (tmp_path / "lib.duckdb.building").exists()
 
 
+def test_a_library_that_grew_embeds_only_its_new_tasks_and_keeps_the_rest(digits, tmp_path,
+                                                                          reference):
+    db = tmp_path / "lib.duckdb"
+    build.build_library(digit_specs(digits, n_tasks=4), db, library="digits", input_size=SIDE,
+                        maps=("tsne",), progress=False)
+    con = store.open_library(db)  # the expert stages' tables, with rows to keep
+    con.execute("INSERT INTO experts VALUES ('imagenet', 'ImageNet', 'imagenet', [], '{}')")
+    con.execute("INSERT INTO selection_results VALUES ('chance', 0.5, 0, 0, 0, 0, '{}')")
+    con.close()
+    build.build_library(digit_specs(digits), db, library="digits", input_size=SIDE,
+                        maps=("tsne",), progress=False)
+    grown = read_all(db)
+    assert grown["runs"] == [(4,), (2,)]
+    assert grown["tasks"] == reference["tasks"]
+    for a, b in zip(grown["embeddings"], reference["embeddings"]):
+        assert a[:2] == b[:2] and np.array_equal(a[2], b[2])
+    assert {m[2] for m in grown["maps"]} == {t[0] for t in reference["tasks"]}
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT expert_id FROM experts").fetchall() == [("imagenet",)]
+    # the stored model-selection evaluation no longer covers every task: dropped
+    assert con.execute("SELECT count(*) FROM selection_results").fetchone() == (0,)
+    con.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.duckdb"]
+    # other settings: a fresh build replaces the file
+    build.build_library(digit_specs(digits, n_tasks=2), db, library="digits", input_size=48,
+                        maps=(), progress=False)
+    fresh = read_all(db)
+    assert fresh["runs"] == [(2,)] and len(fresh["tasks"]) == 2
+
+
 def test_resume_with_other_settings_is_refused(digits, tmp_path, monkeypatch):
     db = tmp_path / "lib.duckdb"
     monkeypatch.setattr(build, "embed_methods", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))

@@ -5,6 +5,7 @@ import csv
 from collections import Counter
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 
@@ -14,6 +15,7 @@ from precompute.libraries import demo
 from precompute.libraries.demo import (
     FONT_DIRS, read_demo_library, script_genealogy, skipped_scripts, taxonomic_distance)
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = 0.005  # every task at its floor: 3 images per class
 # Scripts fonts-noto-core has always carried; tests rely on no other font.
 SURE_SCRIPTS = ("Latin", "Greek", "Cyrillic", "Arabic", "Hebrew", "Devanagari", "Thai")
@@ -125,6 +127,45 @@ def test_pool_tasks_are_balanced_over_labels_and_their_classes():
     assert "Bag" in spec.meta["label_classes"]["not footwear"]
 
 
+def test_whole_pool_tasks_share_one_image_distribution_and_differ_in_labels():
+    specs = by_id(read_demo_library(seed=0, scale=0.2))
+    whole = [s for s in specs.values() if s.task_id.startswith("fashion_mnist/all-images/")]
+    assert len(whole) == 24
+    assert {s.meta["attribute_group"] for s in whole} == {
+        "all-images/footwear", "all-images/tops", "all-images/other"}
+    spec = specs["fashion_mnist/all-images/footwear/sandal-sneaker"]
+    assert spec.taxonomy == ("fashion_mnist", "all-images", "footwear", "Sandal or Sneaker (all images)")
+    records = spec.records()
+    assert len(records) == spec.meta["num_images"]
+    # one tenth of the images per Fashion-MNIST class, whatever the labels: count the source
+    # classes through the pixels of the shared pool
+    images, by_class = demo._fashion_pool(str(demo.FASHION_MNIST_DIR))
+    index = {images[i].tobytes(): c for c, ids in enumerate(by_class) for i in ids}
+    per_class = Counter(index[r.image.tobytes()] for r in records)
+    assert max(per_class.values()) - min(per_class.values()) <= 1 and len(per_class) == 10
+    counts = Counter(r.label for r in records)
+    assert abs(counts["Sandal or Sneaker"] - len(records) / 5) <= 2
+    assert counts["other"] == len(records) - counts["Sandal or Sneaker"]
+    # related: the same attribute group
+    related = set(spec.meta["related"])
+    assert {s.task_id for s in whole if s.meta["attribute_group"] == "all-images/footwear"
+            and s is not spec} <= related
+    assert "fashion_mnist/all-images/tops/tshirt" not in related
+
+
+def test_adding_the_whole_pool_tasks_kept_every_other_task_as_it_was():
+    """They were added after data/demo.duckdb was first built: the others keep their sizes."""
+    specs = read_demo_library(seed=0)
+    rest = [s for s in specs if not s.task_id.startswith("fashion_mnist/all-images/")]
+    con = duckdb.connect(str(ROOT / "data" / "demo.duckdb"), read_only=True)
+    try:
+        built = dict(con.execute("SELECT task_id, num_train + num_test FROM tasks").fetchall())
+    finally:
+        con.close()
+    assert {s.task_id: s.meta["num_images"] for s in rest} == {
+        t: n for t, n in built.items() if not t.startswith("fashion_mnist/all-images/")}
+
+
 def test_glyph_images_are_not_blank_and_differ_between_characters(tiny):
     for script in SURE_SCRIPTS:
         spec = next(s for s in tiny.values() if s.meta.get("script") == script)
@@ -164,7 +205,7 @@ def test_taxonomy_paths_are_well_formed(full):
         if s.family == "glyphs":
             assert s.taxonomy[-1] == s.name == s.meta["script"]
         else:
-            assert s.taxonomy == (s.family, s.meta["attribute_group"], s.name)
+            assert s.taxonomy == (s.family, *s.meta["attribute_group"].split("/"), s.name)
 
 
 def test_script_genealogy_is_a_tree():

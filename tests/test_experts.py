@@ -439,6 +439,37 @@ def test_features_once_per_image_per_expert_and_resume(library, tmp_path, monkey
     np.testing.assert_allclose([r[2] for r in final], [r[2] for r in reference], atol=1e-9)
 
 
+def test_experts_no_longer_planned_are_dropped_and_the_rest_kept(library, tmp_path, monkeypatch):
+    """A library that grew can change the plan: the file's experts become the plan's, and the
+    experts still planned are not retrained."""
+    import shutil
+
+    db = tmp_path / "lib.duckdb"
+    shutil.copy(library["db"], db)
+    con = duckdb.connect(str(db))
+    old = "expert/digits/dropped-group"
+    con.execute("INSERT INTO experts SELECT ?, name, kind, source_tasks, meta FROM experts "
+                "WHERE expert_id = 'expert/digits'", [old])
+    for table in ("expert_embeddings", "performance", "feature_scores"):
+        con.execute(f"INSERT INTO {table} SELECT * REPLACE (? AS expert_id) FROM {table} "
+                    "WHERE expert_id = 'expert/digits'", [old])
+    before = con.execute("SELECT expert_id, meta FROM experts WHERE expert_id != ?", [old]).fetchall()
+    con.close()
+    monkeypatch.setattr(experts, "train_expert", lambda *a, **k: pytest.fail("retrained"))
+    shutil.copytree(library["root"] / "cache", tmp_path / "cache")
+    con = store.open_library(db)
+    try:
+        experts.build_experts(con, library["specs"], tmp_path / "cache", num_experts=2, sources=2,
+                              steps=40, progress=False)
+        for table in ("experts", "expert_embeddings", "performance", "feature_scores"):
+            ids = {r[0] for r in con.execute(f"SELECT DISTINCT expert_id FROM {table}").fetchall()}
+            assert ids == {"expert/digits", "expert/fashion", "imagenet"}, table
+        assert sorted(con.execute("SELECT expert_id, meta FROM experts").fetchall()) == sorted(before)
+        assert con.execute("SELECT count(*) FROM performance").fetchone()[0] == 3 * 8
+    finally:
+        con.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # command line
 

@@ -7,6 +7,8 @@ families with the structure of the paper's four datasets:
   attribute tasks (footwear, has-sleeves, warm-vs-summer, ...), one-vs-rest, pairs, triples
   and grouped multi-way tasks, all on Fashion-MNIST images (Debian ``dataset-fashion-mnist``).
   The tasks share their domain and are naturally correlated; ``meta["related"]`` lists them.
+  Most draw their images from the classes they are about; the ``all-images`` branch draws
+  every task's images evenly from all ten classes, so there only the labels differ.
 - ``glyphs``: disjoint domains with a real taxonomy, like iNaturalist. One character
   classification task per writing system, rendered from Noto fonts (Debian
   ``fonts-noto-core``) with seeded augmentations; the taxonomy is the genealogy of scripts in
@@ -57,9 +59,10 @@ FONT_DIRS = (Path("/usr/share/fonts/truetype/noto"), Path("/usr/share/fonts/open
 FAMILIES = ("fashion_mnist", "glyphs", "digits")
 
 # Full-scale task sizes (images, train + test): quantiles of a Pareto distribution with tail
-# index SIZE_TAIL_INDEX truncated to TASK_SIZES. With the 360 tasks here: median 159 images,
-# 51 tasks of 1,000 or more, 7 of 5,000 or more, 210,088 images in all (about 35 minutes of
-# embedding on a 2-core CPU at 1 s per 100 images).
+# index SIZE_TAIL_INDEX truncated to TASK_SIZES. With the 360 tasks dealt them: median 159
+# images, 51 tasks of 1,000 or more, 7 of 5,000 or more, 210,088 images in all (about 35
+# minutes of embedding on a 2-core CPU at 1 s per 100 images). The 24 whole-pool tasks add
+# WHOLE_POOL_SIZE images each.
 TASK_SIZES = (50, 8000)
 SIZE_TAIL_INDEX = 0.55
 TEST_FRACTION = 0.2  # of each class, seeded per task; at least 1 test and 2 train images
@@ -120,6 +123,11 @@ def read_demo_library(
     plans += [("digits", t, t.capacity(_DIGITS_PER_CLASS)) for t in _DIGIT_TASKS]
 
     sizes = _deal_sizes([cap for _, _, cap in plans], np.random.default_rng([seed, 0]))
+    # The whole-pool tasks came later, and all have one size (WHOLE_POOL_SIZE), so the others
+    # keep the sizes they were dealt.
+    at = len(_FASHION_TASKS)
+    plans[at:at] = [("fashion_mnist", t, None) for t in _WHOLE_POOL_TASKS]
+    sizes[at:at] = [WHOLE_POOL_SIZE] * len(_WHOLE_POOL_TASKS)
     specs = []
     for (family, task, _), size in zip(plans, sizes):
         if family == "fashion_mnist":
@@ -210,8 +218,8 @@ def _deal_sizes(capacities: list[int | None], rng: np.random.Generator) -> list[
     return out
 
 
-def _scaled(size: int, scale: float, num_labels: int, capacity: int | None) -> int:
-    n = max(int(round(size * scale)), MIN_PER_CLASS * num_labels)
+def _scaled(size: int, scale: float, minimum: int, capacity: int | None) -> int:
+    n = max(int(round(size * scale)), minimum)
     return n if capacity is None else min(n, capacity)
 
 
@@ -242,14 +250,31 @@ class PoolTask:
     name: str  # human-readable
     labels: tuple[tuple[str, tuple[int, ...]], ...]  # (label, source class ids)
     defining: tuple[int, ...]  # the classes the task is about (for relatedness)
+    # True: the images are drawn evenly from every source class whatever the labels, so all
+    # such tasks share one image distribution (iMaterialist's attributes over one pool);
+    # False: balanced over labels, then over each label's classes.
+    whole_pool: bool = False
 
     def capacity(self, per_class: Sequence[int]) -> int:
-        """Most images the balanced task can draw without repeating one."""
+        """Most images the task can draw without repeating one."""
+        if self.whole_pool:
+            ids = [i for _, group in self.labels for i in group]
+            return len(ids) * min(per_class[i] for i in ids)
         return len(self.labels) * min(
             len(ids) * min(per_class[i] for i in ids) for _, ids in self.labels)
 
+    def min_size(self) -> int:
+        """The smallest task that gives every label MIN_PER_CLASS images."""
+        if self.whole_pool:
+            smallest = min(len(ids) for _, ids in self.labels)
+            return MIN_PER_CLASS * math.ceil(sum(len(ids) for _, ids in self.labels) / smallest)
+        return MIN_PER_CLASS * len(self.labels)
+
     def quotas(self, n: int) -> list[list[int]]:
         """Images per source class, label by label, for a task of n images."""
+        if self.whole_pool:
+            flat = iter(_split_evenly(n, sum(len(ids) for _, ids in self.labels)))
+            return [[next(flat) for _ in ids] for _, ids in self.labels]
         return [_split_evenly(q, len(ids))
                 for q, (_, ids) in zip(_split_evenly(n, len(self.labels)), self.labels)]
 
@@ -270,8 +295,7 @@ def _pool_records(task: PoolTask, n: int, seed: int, task_id: str,
 
 
 def _pool_meta(task: PoolTask, n: int, class_names: Sequence[str]) -> dict:
-    per_label = _split_evenly(n, len(task.labels))
-    n_test = sum(_test_count(q) for q in per_label)
+    n_test = sum(_test_count(sum(q)) for q in task.quotas(n))
     return {
         "num_images": n, "num_train": n - n_test, "num_test": n_test,
         "classes": sorted(label for label, _ in task.labels),
@@ -359,7 +383,35 @@ def _fashion_tasks() -> tuple[PoolTask, ...]:
     return tuple(tasks)
 
 
+def _whole_pool_tasks() -> tuple[PoolTask, ...]:
+    """Binary attributes over all ten classes' images, like iMaterialist's attributes: every
+    task sees the same image distribution (one tenth per class), only the labels differ.
+    Attribute groups: which footwear, which top, which other item; one task per set of
+    positive classes (all non-empty sets of footwear and of other items, tops by ones and
+    twos), everything else negative."""
+    T, TR, P, D, C, SA, S, SN, B, A = range(10)
+    everything = tuple(range(10))
+    tasks = []
+    for group, members, sizes in (("footwear", (SA, SN, A), (1, 2, 3)),
+                                  ("tops", (T, P, C, S), (1, 2)),
+                                  ("other", (TR, D, B), (1, 2, 3))):
+        for k in sizes:
+            for pos in combinations(members, k):
+                label = " or ".join(FASHION_CLASSES[i] for i in pos)
+                neg = tuple(i for i in everything if i not in pos)
+                tasks.append(PoolTask(f"{WHOLE_POOL}/{group}", "-".join(_FASHION_SLUGS[i] for i in pos),
+                                      f"{label} (all images)", ((label, pos), ("other", neg)), pos,
+                                      whole_pool=True))
+    return tuple(tasks)
+
+
+WHOLE_POOL = "all-images"  # first part of the whole-pool tasks' attribute group
+# One size for every whole-pool task: they are a controlled test of the shared-domain claim
+# (only the labels differ). With heavy-tailed sizes the tasks of 5 to 15 positive images
+# group by size, not by attribute (docs/RESULTS.md).
+WHOLE_POOL_SIZE = 1000
 _FASHION_TASKS = _fashion_tasks()
+_WHOLE_POOL_TASKS = _whole_pool_tasks()
 
 
 @lru_cache(maxsize=2)
@@ -388,10 +440,11 @@ def _fashion_records(task: PoolTask, n: int, seed: int, task_id: str, root: str)
 
 def _fashion_spec(task: PoolTask, size: int, seed: int, scale: float, root: Path) -> TaskSpec:
     task_id = f"fashion_mnist/{task.group}/{task.slug}"
-    n = _scaled(size, scale, len(task.labels), task.capacity(_FASHION_PER_CLASS))
+    n = _scaled(size, scale, task.min_size(), task.capacity(_FASHION_PER_CLASS))
     meta = _pool_meta(task, n, FASHION_CLASSES) | {
         "seed": seed, "source": f"Fashion-MNIST ({root})"}
-    return TaskSpec(task_id, "fashion_mnist", task.name, ("fashion_mnist", task.group, task.name),
+    return TaskSpec(task_id, "fashion_mnist", task.name,
+                    ("fashion_mnist", *task.group.split("/"), task.name),
                     partial(_fashion_records, task, n, seed, task_id, str(root)), meta)
 
 
@@ -450,7 +503,7 @@ def _digit_records(task: PoolTask, n: int, seed: int, task_id: str) -> list[Reco
 
 def _digit_spec(task: PoolTask, size: int, seed: int, scale: float) -> TaskSpec:
     task_id = f"digits/{task.group}/{task.slug}"
-    n = _scaled(size, scale, len(task.labels), task.capacity(_DIGITS_PER_CLASS))
+    n = _scaled(size, scale, task.min_size(), task.capacity(_DIGITS_PER_CLASS))
     meta = _pool_meta(task, n, DIGIT_CLASSES) | {
         "seed": seed, "source": "scikit-learn load_digits (UCI optical digits)"}
     return TaskSpec(task_id, "digits", task.name, ("digits", task.group, task.name),
@@ -573,7 +626,7 @@ def _glyph_spec(script: GlyphScript, size: int, seed: int, scale: float) -> Task
     # Full-scale tasks keep >= 4 images per character (sizes start at 50, so k >= 12 there).
     k = max(GLYPH_CLASSES[0], min(k, size // 4, len(script.characters)))
     chars = script.characters[:k]
-    n = _scaled(size, scale, k, None)
+    n = _scaled(size, scale, MIN_PER_CLASS * k, None)
     per_class = _split_evenly(n, k)
     n_test = sum(_test_count(q) for q in per_class)
     labels = [_char_label(ch, script.row.script) for ch in chars]
