@@ -51,8 +51,9 @@ def test_glyph_distances_follow_the_script_genealogy(checks):
 def test_fashion_tasks_find_their_related_tasks(checks):
     s = checks["shared_domain"]
     assert s["tasks"] == 20 + 14
-    # nearest tasks are related tasks above the base rate (measured 0.25 against 0.15; the
-    # domain embedding's 0.30 is higher here, docs/RESULTS.md)
+    # nearest tasks are related tasks above the base rate (measured 0.38 against 0.19; the
+    # domain embedding gets 0.33: most of these tasks draw their images from the classes they
+    # are about, which gives relatedness away, docs/RESULTS.md)
     assert s["task2vec"] > 1.3 * s["chance"]
 
 
@@ -61,6 +62,6 @@ def test_on_one_image_pool_task2vec_finds_related_tasks_and_the_domain_embedding
     domain embedding does not see."""
     s = checks["one_pool"]
     assert s["tasks"] == 14 and s["chance"] == pytest.approx(6 / 13)
-    # measured: TASK2VEC 0.00, domain 0.00 (chance 0.46)
-    assert s["task2vec"] > s["chance"] + 0.2
+    # measured: TASK2VEC 0.71, domain 0.37 (chance 0.46)
+    assert s["task2vec"] > s["chance"] + 0.15
     assert s["task2vec"] > s["domain"] + 0.2
