@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -214,12 +215,45 @@ def test_taxonomy_link_to_a_branch_too_small_falls_back_to_all_tasks(app_library
 # ------------------------------------------------------------------------------ experts pages
 
 
-@pytest.mark.parametrize("page", ["difficulty", "selection"])
-def test_shipped_library_has_experts_and_says_the_matrix_is_missing(page):
-    """data/demo.duckdb, the file `make app` opens: experts trained, no performance matrix."""
-    from pathlib import Path
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "demo.duckdb"
 
-    at = open_app(Path(__file__).resolve().parents[1] / "data" / "demo.duckdb", page)
+
+def test_shipped_library_pages_show_its_real_matrix_and_table1():
+    """data/demo.duckdb, the file `make app` opens: its experts, matrix and Table 1."""
+    con = duckdb.connect(str(SHIPPED), read_only=True)
+    try:
+        results = con.execute("SELECT selector, relative_error_increase, top1 FROM selection_results "
+                              "ORDER BY relative_error_increase").fetchall()
+        best = dict(con.execute("SELECT task_id, min(test_error) FROM performance GROUP BY 1").fetchall())
+        norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method = 'montecarlo'").fetchall())
+        n_experts = con.execute("SELECT count(*) FROM experts").fetchone()[0]
+    finally:
+        con.close()
+    assert len(best) == len(norms) and len(results) >= 8  # every task has its errors
+    at = open_app(SHIPPED, "selection")
+    t1 = table(at, "selector")
+    assert list(t1["selector"]) == [r[0] for r in results]
+    assert list(t1["relative error increase (%)"]) == pytest.approx([100 * r[1] for r in results])
+    assert list(t1["top-1 (%)"]) == pytest.approx([100 * r[2] for r in results])
+    at = open_app(SHIPPED, "difficulty")
+    ids = sorted(best)
+    rho = spearmanr([norms[t] for t in ids], [best[t] for t in ids]).statistic
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Tasks"] == f"{len(ids):,}" and metrics["Spearman ρ (norm vs error)"] == f"{rho:.3f}"
+    at = open_app(SHIPPED, task="glyphs/latin")
+    assert len(table(at, "test error (%)")) == min(n_experts, 10)
+
+
+@pytest.mark.parametrize("page", ["difficulty", "selection"])
+def test_experts_without_a_matrix_say_which_command_fills_it(app_library_experts, tmp_path, page):
+    import shutil
+
+    db = tmp_path / "no-matrix.duckdb"
+    shutil.copy(app_library_experts, db)
+    con = duckdb.connect(str(db))
+    con.execute("DELETE FROM performance")
+    con.close()
+    at = open_app(db, page)
     assert any("has experts but no performance matrix yet" in i.value
                and "python -m precompute matrix" in i.value for i in at.info)
     assert not charts(at)

@@ -19,8 +19,8 @@ ui.require_experts(lib)
 results = store.selection_results(lib)
 st.subheader("Error increase over the best expert (Table 1)")
 if results.empty:
-    st.info("No selector results in this library yet (table `selection_results`): run the "
-            "model-selection step of `python -m precompute experts ...`.")
+    st.info("No selector results in this library yet (table `selection_results`): run "
+            f"`python -m precompute evaluate --db {lib.path}`.")
 else:
     table = pd.DataFrame({"selector": results["selector"],
                           "relative error increase (%)": 100 * results["relative_error_increase"]})
