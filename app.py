@@ -2,11 +2,15 @@
 
 Page registration and the library path only; the pages live in explorer/pages/.
 """
+from pathlib import Path
+
 import streamlit as st
 
 from explorer import state, ui
 
-st.set_page_config(page_title="TASK2VEC explorer", page_icon=":material/scatter_plot:", layout="wide")
+# A local favicon: a Material icon here would be fetched from fonts.gstatic.com (offline: fails).
+FAVICON = Path(__file__).resolve().parent / "explorer" / "assets" / "favicon.png"
+st.set_page_config(page_title="TASK2VEC explorer", page_icon=str(FAVICON), layout="wide")
 state.init()  # library from the URL, --db, TASK2VEC_DB or data/demo.duckdb
 
 pages = [

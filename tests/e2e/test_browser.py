@@ -63,6 +63,8 @@ def shot(page, name: str) -> None:
 
 def test_open_the_map_and_switch_pages(app_page, server):
     page = app_page
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
     open_map(app_page, server)
     expect(page.get_by_text(f"{N_TASKS} tasks in 2 families")).to_be_visible()
     expect(charts(page).nth(1).locator(".scatterlayer .point")).to_have_count(N_TASKS)
@@ -77,6 +79,9 @@ def test_open_the_map_and_switch_pages(app_page, server):
     shot(page, "03-difficulty")
     nav.get_by_text("Model selection").click()
     expect(page.get_by_text("This library has no experts yet", exact=False)).to_be_visible()
+    # nothing is fetched from anywhere but the app's own server (offline machines, privacy)
+    outside = [u for u in requests if not u.startswith((server, "data:", "blob:"))]
+    assert requests and not outside, outside
 
 
 def test_select_a_task_on_the_map_opens_its_card(app_page, server):
