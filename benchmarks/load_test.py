@@ -7,7 +7,8 @@ Taxonomy / Difficulty / Model selection, reopen the map with other colourings) a
 images in 10 class folders, zipped) at the same time, for ``--duration`` seconds.
 
 Measured per page navigation: the time from the click (or goto) until the page's main content
-is visible (its title, and on the task map the first map's points). Counted as errors:
+is visible (its title, and on the task map the first map's points). Measured for the server
+alone: the latency of its health endpoint, probed every 0.5 s during the load. Counted as errors:
 Streamlit exception blocks, console errors, and waits that time out. For each upload: the time
 from the click to its nearest tasks shown, and the queue positions ("Waiting: K upload(s) ahead
 of yours") it saw.
@@ -71,6 +72,26 @@ class Stats:
         self.pages_seen: set[str] = set()
         self.external: list[str] = []  # console errors of other origins (offline machine)
         self.ready = 0  # uploaders at their button (or failed before it)
+        self.health: list[float] = []  # seconds per /_stcore/health request during the load
+
+
+async def probe_health(url: str, stats: Stats, stop: asyncio.Event, every: float = 0.5) -> None:
+    """The server's own responsiveness while the browsers load it: Streamlit's health endpoint,
+    answered by the same event loop that serves the pages' websockets."""
+    import urllib.request
+
+    def get() -> None:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=60) as r:
+            r.read()
+
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            await asyncio.to_thread(get)
+            stats.health.append(time.perf_counter() - t0)
+        except OSError as exc:
+            stats.errors.append(f"health probe: {exc}")
+        await asyncio.sleep(every)
 
 
 async def content_visible(page, title: str, timeout_ms: int) -> None:
@@ -215,7 +236,13 @@ async def run_load(url: str, *, browsers: int, uploaders: int, duration: float, 
                     await asyncio.sleep(0.1)
                 start.set()
 
-            await asyncio.gather(*jobs, *ups, go())
+            stop = asyncio.Event()
+
+            async def load():
+                await asyncio.gather(*jobs, *ups, go())
+                stop.set()
+
+            await asyncio.gather(load(), probe_health(url, stats, stop))
         finally:
             await browser.close()
     return stats
@@ -237,7 +264,11 @@ def summary(stats: Stats) -> dict:
             "errors": len(stats.errors), "error_samples": sorted(set(stats.errors))[:10],
             "external_console_errors": len(stats.external),
             "external_samples": sorted(set(stats.external))[:5],
-            "uploads": stats.uploads}
+            "uploads": stats.uploads,
+            "health_requests": len(stats.health),
+            "health_p50_s": statistics.median(stats.health) if stats.health else None,
+            "health_p95_s": sorted(stats.health)[int(0.95 * len(stats.health))] if stats.health else None,
+            "health_max_s": max(stats.health) if stats.health else None}
 
 
 def main() -> None:
@@ -269,6 +300,10 @@ def main() -> None:
     if out["after_first_p50_s"] is not None:
         print(f"first open of each session: p50 {out['first_open_p50_s']:.2f} s; later "
               f"navigations: p50 {out['after_first_p50_s']:.2f} s, p95 {out['after_first_p95_s']:.2f} s")
+    if out["health_requests"]:
+        print(f"server health endpoint during the load: {out['health_requests']} requests, p50 "
+              f"{1000 * out['health_p50_s']:.0f} ms, p95 {1000 * out['health_p95_s']:.0f} ms, "
+              f"max {1000 * out['health_max_s']:.0f} ms")
     for u in stats.uploads:
         print(f"{u['who']}: {u['seconds'] and round(u['seconds'], 1)} s, queue positions seen "
               f"{u['positions']}, shown {u['shown']}")

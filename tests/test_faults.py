@@ -128,16 +128,18 @@ def test_disk_full_mid_build_keeps_the_published_file(digits, tmp_path, monkeypa
         return real(*args, **kwargs)
 
     monkeypatch.setattr(build.store, "write_task", disk_fills_up)
+    # the library grows by 3 tasks; the disk fills up while the second is written
     with pytest.raises(Task2VecError, match="No space left on device.*unchanged.*resumes"):
-        build.build_library(digit_specs(digits, n_tasks=4), db, library="digits",
+        build.build_library(digit_specs(digits, n_tasks=6), db, library="digits",
                             input_size=32, maps=(), progress=False)
     assert db.read_bytes() == before
     # once there is space again, the same command resumes and finishes
     monkeypatch.setattr(build.store, "write_task", real)
-    build.build_library(digit_specs(digits, n_tasks=4), db, library="digits", input_size=32,
+    build.build_library(digit_specs(digits, n_tasks=6), db, library="digits", input_size=32,
                         maps=(), progress=False)
-    assert len(read_all(db)["tasks"]) == 4
-    assert read_all(db)["runs"] == [(3,)]  # the first task written before the failure was kept
+    assert len(read_all(db)["tasks"]) == 6
+    # the first build's 3 tasks and the new task written before the failure were kept
+    assert read_all(db)["runs"] == [(3,), (2,)]
 
 
 def test_read_only_output_is_a_clear_error(digits):

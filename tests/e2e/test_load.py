@@ -24,7 +24,8 @@ def test_browsing_and_two_uploads_at_once(app_library, tmp_path):
     with streamlit_server(app_library, log=log / "load-server.log") as url:
         stats = asyncio.run(run_load(url, browsers=6, uploaders=2, duration=10, archives=archives,
                                      timeout_ms=180_000, max_navs=8, min_navs=5))
-    assert stats.errors == []
+    assert stats.errors == []  # includes every health probe the server did not answer
+    assert len(stats.health) >= 5  # the server answered its health probe all along
     assert stats.pages_seen == {title for _, title in PAGES}
     assert len(stats.nav) >= 6 * 5  # every session: the map and the four pages
     assert [u["shown"] for u in stats.uploads] == [True, True]
