@@ -137,6 +137,8 @@ def _drop_stale_selection(con) -> None:
     for table in ("selection_results", "selector_rankings", "model2vec"):
         if table in tables:
             con.execute(f"DELETE FROM {table}")
+    con.execute("DELETE FROM library_info WHERE key IN ('optimal_error', 'norm_error_spearman', "
+                "'selection')")
 
 
 def _check_resume(con, settings: dict, work: Path) -> None:

@@ -109,6 +109,7 @@ def test_a_library_that_grew_embeds_only_its_new_tasks_and_keeps_the_rest(digits
     con = store.open_library(db)  # the expert stages' tables, with rows to keep
     con.execute("INSERT INTO experts VALUES ('imagenet', 'ImageNet', 'imagenet', [], '{}')")
     con.execute("INSERT INTO selection_results VALUES ('chance', 0.5, 0, 0, 0, 0, '{}')")
+    store.set_info(con, optimal_error=0.1, norm_error_spearman=0.3)
     con.close()
     build.build_library(digit_specs(digits), db, library="digits", input_size=SIDE,
                         maps=("tsne",), progress=False)
@@ -122,6 +123,9 @@ def test_a_library_that_grew_embeds_only_its_new_tasks_and_keeps_the_rest(digits
     assert con.execute("SELECT expert_id FROM experts").fetchall() == [("imagenet",)]
     # the stored model-selection evaluation no longer covers every task: dropped
     assert con.execute("SELECT count(*) FROM selection_results").fetchone() == (0,)
+    info = store.get_info(con)
+    assert "optimal_error" not in info and "norm_error_spearman" not in info
+    assert info["input_size"] == SIDE
     con.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.duckdb"]
     # other settings: a fresh build replaces the file
