@@ -407,8 +407,8 @@ def _whole_pool_tasks() -> tuple[PoolTask, ...]:
 
 WHOLE_POOL = "all-images"  # first part of the whole-pool tasks' attribute group
 # One size for every whole-pool task: they are a controlled test of the shared-domain claim
-# (only the labels differ). With heavy-tailed sizes the tasks of 5 to 15 positive images
-# group by size, not by attribute (docs/RESULTS.md).
+# (only the labels differ). With heavy-tailed sizes the small tasks (a handful of positive
+# images) group by size, not by attribute (docs/RESULTS.md).
 WHOLE_POOL_SIZE = 1000
 _FASHION_TASKS = _fashion_tasks()
 _WHOLE_POOL_TASKS = _whole_pool_tasks()
