@@ -21,17 +21,17 @@ import pandas as pd
 import streamlit as st
 
 REQUIRED_TABLES = ("library_info", "tasks", "embeddings", "maps")
+
+
 def expert_hint(lib: "Library") -> str:
     """Why a page has no expert errors, and the command that adds them."""
     if not lib.has_experts and "experts" in lib.tables and len(experts(lib)):
         return ("this library has experts but no performance matrix yet (the experts' test "
                 "errors); add it with `python -m precompute matrix LIBRARY --db FILE`, then "
                 "`evaluate` (see README.md); the other pages work without it")
-    return f"this library has no experts yet; {EXPERT_HINT}"
-
-
-EXPERT_HINT = ("build them with `python -m precompute experts LIBRARY --db FILE`, then `matrix` "
-               "and `evaluate` (see README.md); the other pages work without them")
+    return ("this library has no experts yet; build them with `python -m precompute experts "
+            "LIBRARY --db FILE`, then `matrix` and `evaluate` (see README.md); the other pages "
+            "work without them")
 
 
 class LibraryError(Exception):

@@ -108,6 +108,7 @@ if task and task in tasks.index:
                 ranked["test error (%)"] = (100 * ranked.pop("test_error")).round(1)
                 st.table(ranked.set_index("name"))
             else:
-                st.info(f"This library has no experts yet; {store.EXPERT_HINT}.")
+                hint = store.expert_hint(lib)
+                st.info(f"{hint[0].upper()}{hint[1:]}.")
 elif task:
     st.warning(f"Task `{task}` is not in this library.")
