@@ -16,7 +16,6 @@ every query, decode and distance costs what it would on a real library.
 from __future__ import annotations
 
 import argparse
-import gzip
 import io
 import json
 import os
@@ -24,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from e2e.server import CHROMIUM, CHROMIUM_ARGS, streamlit_server  # noqa: E402
+from load_test import fashion_zip  # noqa: E402  (the same 10-class zip the load test uploads)
 
 SYNTHETIC = ROOT / "build" / "bench" / "synthetic-1500.duckdb"
 DEMO = ROOT / "data" / "demo.duckdb"
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 FILTERS = 42_016  # efficientnet_lite0
 
 
@@ -162,22 +160,6 @@ def selection_latency(browser, db: Path, clicks: int, log: Path) -> list[float]:
     return times
 
 
-def fashion_zip(path: Path, per_class: int = 50) -> Path:
-    with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz") as fh:
-        images = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(FASHION / "t10k-labels-idx1-ubyte.gz") as fh:
-        labels = np.frombuffer(fh.read(), np.uint8, offset=8)
-    from PIL import Image
-
-    with zipfile.ZipFile(path, "w") as zf:
-        for c in range(10):
-            for i in np.flatnonzero(labels == c)[:per_class]:
-                png = io.BytesIO()
-                Image.fromarray(images[i]).save(png, format="PNG")
-                zf.writestr(f"fashion500/{c}/{i}.png", png.getvalue())
-    return path
-
-
 def upload_time(browser, db: Path, archive: Path, runs: int, log: Path) -> list[float]:
     """Seconds from pressing "Embed and place" to the nearest tasks shown (server warm)."""
     times = []
@@ -229,7 +211,7 @@ def main() -> None:
         if not args.skip_upload:
             db = args.demo if args.demo.exists() else synthetic
             with tempfile.TemporaryDirectory() as tmp:
-                archive = fashion_zip(Path(tmp) / "fashion500.zip")
+                archive = fashion_zip(Path(tmp) / "fashion500.zip", 500)
                 times = upload_time(browser, db, archive, args.runs, log)
             results["upload 500 images"] = times
             print(f"upload of 500 images / 10 classes into {db.name}: median "
