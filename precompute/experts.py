@@ -490,7 +490,8 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
     store.set_info(con, experts={**settings, "cache": str(ws.root)})
     stale = sorted(set(done) - {p.expert_id for p in plans})
     if stale:  # the library grew and the plan changed: the file's experts are the plan's
-        _delete_experts(con, stale)
+        with store.transaction(con):
+            _delete_experts(con, stale)
         if progress:
             print(f"dropped {len(stale)} expert(s) no longer planned: {', '.join(stale)}", flush=True)
     bar = tqdm(plans, desc="experts", unit="expert", disable=not progress)
@@ -520,35 +521,21 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
             meta["weights_file"], meta["weights_sha256"] = path.name, _sha256(path)
         value = expert_embedding(plan, train, embeddings, trivial)
         meta["seconds_total"] = round(time.perf_counter() - t0, 3)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _delete_experts(con, [plan.expert_id], transaction=False)
+        with store.transaction(con):
+            _delete_experts(con, [plan.expert_id])
             con.execute("INSERT INTO experts VALUES (?, ?, ?, ?, ?)",
                         [plan.expert_id, plan.name, plan.kind, list(plan.source_tasks),
                          json.dumps(meta)])
             con.execute("INSERT INTO expert_embeddings VALUES (?, ?, ?, ?)",
                         [plan.expert_id, store.encode(value), trivial, float(np.abs(value).sum())])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     ws.clear_memo()
     return plans
 
 
-def _delete_experts(con, expert_ids: Sequence[str], transaction: bool = True) -> None:
-    """Remove experts with their embeddings and performance rows."""
-    if transaction:
-        con.execute("BEGIN TRANSACTION")
-    try:
-        for table in ("experts", "expert_embeddings", "performance", "feature_scores"):
-            con.executemany(f"DELETE FROM {table} WHERE expert_id = ?", [[e] for e in expert_ids])
-        if transaction:
-            con.execute("COMMIT")
-    except BaseException:
-        if transaction:
-            con.execute("ROLLBACK")
-        raise
+def _delete_experts(con, expert_ids: Sequence[str]) -> None:
+    """Remove experts with their embeddings and performance rows (inside a transaction)."""
+    for table in ("experts", "expert_embeddings", "performance", "feature_scores"):
+        con.executemany(f"DELETE FROM {table} WHERE expert_id = ?", [[e] for e in expert_ids])
 
 
 def _weights_ok(ws: Workspace, meta: dict) -> bool:
@@ -717,12 +704,7 @@ def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device:
 
 
 def _write_rows(con, pending: list) -> None:
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with store.transaction(con):
         con.executemany("INSERT INTO performance VALUES (?, ?, ?, ?, ?)", [p for p, _ in pending])
         con.executemany("INSERT INTO feature_scores VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [s for _, s in pending])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise

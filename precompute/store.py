@@ -59,6 +59,18 @@ def connect(path: str | Path, dim: int) -> duckdb.DuckDBPyConnection:
     return con
 
 
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection):
+    """Run the block as one transaction: committed if it returns, rolled back if it raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def set_info(con: duckdb.DuckDBPyConnection, **items) -> None:
     for key, value in items.items():
         con.execute("INSERT OR REPLACE INTO library_info VALUES (?, ?)", [key, json.dumps(value)])
