@@ -31,6 +31,14 @@ def job_queue() -> jobs.JobQueue:
     return jobs.JobQueue()
 
 
+def _waited(result: dict, before: str = "", after: str = "") -> str:
+    """'waited 3.2 s behind 1 upload(s)' if the upload queued, else ''."""
+    queued = result.get("queue") or {}
+    if not queued.get("max_ahead"):
+        return ""
+    return f"{before}waited {queued['waited']:.1f} s behind {queued['max_ahead']} upload(s){after}"
+
+
 st.title("Upload a task")
 st.caption(f"Embedded with the library's settings: probe **{lib.info.get('probe')}**, "
            f"{lib.info.get('input_size')} px, {', '.join(up.embed_methods_for(lib))}, seed "
@@ -71,10 +79,8 @@ if submitted:
                                         name.strip() or "my task", on_stage=status.write,
                                         progress=progress)
                 result["queue"] = dict(queued)
-                waited = (f" (waited {queued['waited']:.1f} s behind {queued['max_ahead']} "
-                          "upload(s))" if queued["max_ahead"] else "")
-                status.update(label=f"Done in {result['seconds']['total']:.1f} s{waited}",
-                              state="complete")
+                status.update(label=f"Done in {result['seconds']['total']:.1f} s"
+                              + _waited(result, " (", ")"), state="complete")
             bar.empty()
             st.session_state["upload"] = result
         except Task2VecError as exc:
@@ -89,11 +95,8 @@ if result and result.get("library") != lib.path:
     result = None
 if result:
     st.subheader(f"{result['name']}: {result['size']} images, {len(result['classes'])} classes")
-    queued = result.get("queue") or {}
     st.caption(f"Embedding norm {result['norm']:.4g} · loaded in {result['seconds']['load']:.1f} s, "
-               f"embedded in {result['seconds']['embed']:.1f} s"
-               + (f" · waited {queued['waited']:.1f} s in the queue behind {queued['max_ahead']} "
-                  "upload(s)" if queued.get("max_ahead") else ""))
+               f"embedded in {result['seconds']['embed']:.1f} s" + _waited(result, " · "))
     near, exp = st.columns(2)
     with near:
         st.markdown("**Nearest library tasks** (symmetric TASK2VEC distance)")
