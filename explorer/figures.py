@@ -110,7 +110,8 @@ def task_map(tasks: pd.DataFrame, xy: pd.DataFrame, color: str = "family", *,
         family_colors: family -> colour (default :func:`category_colors` of the families).
         upload: (x, y, name) of an uploaded task, drawn as a red star.
 
-    Every point carries its task id as ``customdata[0]`` (selection events read it). Traces are
+    Every point carries its task id as ``customdata[0]`` (selection events read it); task
+    traces have ``meta="tasks"`` (explorer/link.py rings the selection in the browser). Traces are
     built as plain dicts from numpy arrays and validated once: a selection redraws both maps,
     and 1,500 points through ``add_trace`` cost about 0.4 s each.
     """
@@ -132,7 +133,11 @@ def task_map(tasks: pd.DataFrame, xy: pd.DataFrame, color: str = "family", *,
     def trace(mask, name, marker, **kw):
         m = {"size": marker_size, **marker}
         m.setdefault("opacity", opacity)
+        # Plotly's own click selection would fade the other points: the selection is drawn
+        # by the ring and the dimming instead, the same on both maps.
+        keep = {"marker": {"opacity": m["opacity"]}}
         traces.append(dict(type="scatter", mode="markers", x=x[mask], y=y[mask], name=name,
+                           meta=kw.pop("meta", "tasks"), selected=keep, unselected=keep,
                            customdata=custom[mask], hovertemplate=kw.pop("hovertemplate", HOVER),
                            marker=m, **kw))
 
@@ -155,7 +160,7 @@ def task_map(tasks: pd.DataFrame, xy: pd.DataFrame, color: str = "family", *,
               showlegend=False)
     if chosen is not None and chosen.any():
         trace(chosen, "selected", dict(size=marker_size + 10, symbol="circle-open", color=SELECTED,
-                                       line=dict(width=2.5), opacity=1.0))
+                                       line=dict(width=2.5), opacity=1.0), meta="ring")
     if upload is not None:
         traces.append(dict(
             type="scatter", x=[upload[0]], y=[upload[1]], mode="markers", name=f"upload: {upload[2]}",

@@ -40,6 +40,12 @@ def start_library() -> str:
     return library_from_args(sys.argv[1:]) or os.environ.get(ENV_VAR) or str(DEFAULT_LIBRARY)
 
 
+def canonical(path: str) -> str:
+    """One spelling per library file (``data/x.duckdb`` and ``/abs/data/x.duckdb`` are the same
+    library: switching between them must not drop the selection)."""
+    return str(Path(path).expanduser().resolve()) if path else path
+
+
 def init() -> None:
     """Fill the session state from the URL once per session (a shared link's view)."""
     if st.session_state.get("_initialised"):
@@ -47,7 +53,7 @@ def init() -> None:
     for key in URL_KEYS:
         if key in st.query_params and key not in st.session_state:
             st.session_state[key] = st.query_params[key]
-    st.session_state.setdefault("db", start_library())
+    st.session_state["db"] = canonical(st.session_state.get("db") or start_library())
     st.session_state["_initialised"] = True
 
 
@@ -64,6 +70,7 @@ def write_url() -> None:
 
 def set_library(path: str) -> None:
     """Switch library: the selection and per-library choices no longer apply."""
+    path = canonical(path)
     if path != st.session_state.get("db"):
         st.session_state["db"] = path
         for key in ("task", "selected", "branch", "family", "upload", "figures"):

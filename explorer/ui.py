@@ -84,13 +84,15 @@ def _library_files() -> list[str]:
 
 
 def show_figure(fig: go.Figure, name: str, *, key: str, on_select=None, height: int | None = None,
-                **kwargs):
+                exported: go.Figure | None = None, **kwargs):
     """Draw ``fig``, offer it as PNG and SVG, and put it in the session's figure pack.
 
-    ``name`` titles the exported file; ``on_select`` (a callback) makes the chart selectable.
-    Returns what ``st.plotly_chart`` returns.
+    ``name`` titles the exported file; ``on_select`` (a callback) makes the chart selectable;
+    ``exported`` is what the downloads and the pack get instead of ``fig`` (a map's selection,
+    which the browser draws over ``fig``). Returns what ``st.plotly_chart`` returns.
     """
-    st.session_state.setdefault("figures", {})[name] = fig
+    exported = fig if exported is None else exported
+    st.session_state.setdefault("figures", {})[name] = exported
     args = dict(key=key, theme=None, config={"displaylogo": False, "toImageButtonOptions": {
         "format": "svg", "filename": export.file_stem(name)}}, **kwargs)
     if height:
@@ -100,7 +102,7 @@ def show_figure(fig: go.Figure, name: str, *, key: str, on_select=None, height: 
     event = st.plotly_chart(fig, **args)
     row = st.container(horizontal=True)
     for fmt in ("png", "svg"):
-        row.download_button(fmt.upper(), data=lambda f=fig, t=fmt: export.to_image(f, t),
+        row.download_button(fmt.upper(), data=lambda f=exported, t=fmt: export.to_image(f, t),
                             file_name=f"{export.file_stem(name)}.{fmt}", mime=export.MIME[fmt],
                             on_click="ignore", key=f"{key}_{fmt}", icon=":material/download:",
                             help=f"{name} as {fmt.upper()} (presentation style)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -45,6 +46,12 @@ def open_app(db, page: str = "map", **params) -> AppTest:
 
 def charts(at: AppTest) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def linked_selection(at: AppTest) -> dict:
+    """What the task map's link component (explorer/link.py) got: selected ids and chart keys."""
+    [link] = [el for el in at.get("bidi_component") if el.proto.component_name == "task2vec_link_maps"]
+    return json.loads(link.proto.json)
 
 
 def arr(value) -> np.ndarray:
@@ -148,10 +155,17 @@ def test_task_card_from_the_url_shows_nearest_tasks_by_symmetric_distance(app_li
     assert list(classes["class"]) == ["3", "8"] and classes["images"].sum() == 30
     assert any("30 training / 10 test images" in m.value for m in at.markdown)
     assert any("no experts yet" in i.value for i in at.info)
-    # the selected task is highlighted on both maps
+    # the selected task is ringed on both maps: in the browser (the maps sent do not change
+    # with the selection) and in the exported figures
+    assert linked_selection(at) == {"ids": [task], "charts": ["map_task", "map_domain"]}
     for chart in charts(at):
-        ring = [tr for tr in chart["data"] if tr["name"] == "selected"]
-        assert [cd[0] for cd in ring[0]["customdata"]] == [task]
+        assert [tr["meta"] for tr in chart["data"]] == ["tasks"] * len(chart["data"])
+    exported = at.session_state["figures"]
+    assert len(exported) == 2
+    for fig in exported.values():
+        ring = [tr for tr in fig.data if tr.meta == "ring"]
+        assert [cd[0] for cd in ring[0].customdata] == [task]
+        assert all(tr.marker.opacity == 0.3 for tr in fig.data if tr.meta == "tasks")
     assert at.query_params["task"] in (task, [task])
 
 
@@ -164,6 +178,14 @@ def test_choosing_a_task_in_the_picker_opens_its_card_and_selection_export(app_l
     labels = [b.label for b in at.get("download_button")]
     assert "Selection (CSV)" in labels
     assert "Figure pack (zip, 2 figures)" in labels
+
+
+def test_the_same_library_by_another_path_keeps_the_selection(app_library):
+    relative = os.path.relpath(app_library)
+    at = open_app(relative, task="digits/3-vs-8")
+    at.text_input(key="w_db_input").input(str(app_library)).run()
+    assert at.subheader[0].value == "digits 3 vs 8"
+    assert linked_selection(at)["ids"] == ["digits/3-vs-8"]
 
 
 def test_unknown_task_in_an_old_link_is_ignored(app_library):

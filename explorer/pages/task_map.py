@@ -7,7 +7,7 @@ CSV of task ids.
 import pandas as pd
 import streamlit as st
 
-from explorer import figures, state, store, ui
+from explorer import figures, link, state, store, ui
 
 lib = ui.library()
 tasks = lib.tasks
@@ -57,10 +57,14 @@ for col, space, label in ((left, "task", "Task space (TASK2VEC)"), (right, "doma
         star = None
         if upload and upload.get("library") == lib.path and algo in upload["positions"].get(space, {}):
             star = (*upload["positions"][space][algo], upload["name"])
-        fig = figures.task_map(tasks, xy, color, title=f"{label}, {ALGO_NAMES.get(algo, algo)}",
-                               selected=selected, family_colors=colors, upload=star)
+        args = dict(title=f"{label}, {ALGO_NAMES.get(algo, algo)}", family_colors=colors, upload=star)
+        # Shown without the selection (the browser rings it, see explorer/link.py); exported with it.
+        fig = figures.task_map(tasks, xy, color, **args)
         ui.show_figure(fig, f"{label} {ALGO_NAMES.get(algo, algo)}", key=f"map_{space}",
-                       on_select=lambda k=f"map_{space}": on_select(k), height=620)
+                       on_select=lambda k=f"map_{space}": on_select(k), height=620,
+                       exported=figures.task_map(tasks, xy, color, selected=selected, **args)
+                       if selected else fig)
+link.link_maps(selected, ["map_task", "map_domain"])
 
 if selected:
     sel = tasks.loc[selected, ["name", "family", "size"]]

@@ -104,8 +104,19 @@ def test_select_a_task_on_the_map_opens_its_card(app_page, server):
     expect(page.locator('[data-testid="stImage"] img')).to_have_count(6)  # thumbnails
     page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
                            ".every(i => i.complete && i.naturalWidth > 0)")
-    # the same task is ringed on the other map (linked views)
-    expect(charts(page).nth(1).locator(".scatterlayer .point")).to_have_count(N_TASKS + 1)
+    # the same task is ringed on both maps (linked views), the other tasks dimmed
+    task = re.search(r"task=([^&]+)", page.url).group(1).replace("%2F", "/")
+    for k in (0, 1):
+        expect(charts(page).nth(k).locator("g.task2vec-rings circle")).to_have_count(1)
+        assert charts(page).nth(k).locator("g.task2vec-rings circle").get_attribute("data-task") == task
+        expect(charts(page).nth(k).locator(".scatterlayer .trace").first).to_have_css("opacity", "0.35")
+    # a new colouring redraws both maps (new chart elements): the selection stays ringed
+    page.get_by_label("Colour by").click()
+    page.get_by_role("option", name="size (training images)").click()
+    expect(page.locator(".colorbar")).to_have_count(2, timeout=SLOW)
+    for k in (0, 1):
+        expect(charts(page).nth(k).locator(f'g.task2vec-rings circle[data-task="{task}"]')).to_have_count(1)
+    expect(card).to_have_text(name)
     shot(page, "04-task-card")
     # the link reopens the same view
     link = page.url
