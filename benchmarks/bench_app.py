@@ -8,8 +8,9 @@
 
 The 1,500-task library is SYNTHETIC, for timing only: random Fisher-like embeddings (log-normal
 around a per-family profile, plus the trivial level), random map coordinates per family, tiny
-thumbnails; it is written through precompute.store with the real probe's 42,016 filters so
-every query, decode and distance costs what it would on a real library.
+thumbnails, and each task's stored nearest tasks as a build writes them; it is written through
+precompute.store with the real probe's 42,016 filters so every query, decode and distance
+costs what it would on a real library.
 
     .venv/bin/python benchmarks/bench_app.py [--runs 3] [--skip-upload]
 """
@@ -33,7 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from e2e.server import CHROMIUM, CHROMIUM_ARGS, streamlit_server  # noqa: E402
 from load_test import fashion_zip  # noqa: E402  (the same 10-class zip the load test uploads)
 
-SYNTHETIC = ROOT / "build" / "bench" / "synthetic-1500.duckdb"
+SYNTHETIC = ROOT / "build" / "bench" / "synthetic-1500-v2.duckdb"  # v2: with neighbour lists
 DEMO = ROOT / "data" / "demo.duckdb"
 FILTERS = 42_016  # efficientnet_lite0
 
@@ -86,6 +87,12 @@ def synthetic_library(path: Path, n_tasks: int = 1500, families: int = 12, seed:
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(png, format="PNG")
     con.executemany("INSERT INTO thumbnails VALUES (?, ?, ?, ?)",
                     [(t, p, f"class{p}", png.getvalue()) for t in ids for p in range(6)])
+    # The task cards' nearest tasks, as a build stores them (all pairs: about a minute).
+    fisher = store.decode(np.stack(values[0::2]))
+    from precompute import distances
+
+    store.write_neighbours(con, ids, distances.symmetric_matrix(fisher))
+    del fisher
     centres = rng.normal(0, 30, (families, 2))
     for space in ("task", "domain"):
         for algorithm in ("tsne", "umap"):

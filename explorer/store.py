@@ -233,7 +233,13 @@ def distance_row(lib: Library, values: np.ndarray, method: str | None = None) ->
 
 
 def nearest_tasks(lib: Library, task_id: str, k: int = 10) -> pd.DataFrame:
-    """The k nearest library tasks to ``task_id`` (one distance row, not the whole matrix)."""
+    """The k nearest library tasks to ``task_id``: read from the ``neighbours`` table the
+    build writes, or (older files, larger k) one distance row, not the whole matrix."""
+    if "neighbours" in lib.tables:
+        stored = lib.query("SELECT neighbour, distance FROM neighbours WHERE task_id = ? "
+                           "ORDER BY rank LIMIT ?", [task_id, k])
+        if len(stored) == min(k, len(lib.tasks) - 1):
+            return describe_tasks(lib, stored.set_index("neighbour").rename_axis("task_id")["distance"])
     row = distance_row(lib, task_embedding(lib, task_id, lib.task_method)).drop(task_id)
     return describe_tasks(lib, row.nsmallest(k))
 

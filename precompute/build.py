@@ -209,7 +209,8 @@ def _thumbnails(task) -> list[tuple[str, bytes]]:
 
 def _compute_maps(con, methods: Sequence[str], algorithms: Sequence[str], seed: int,
                   progress: bool) -> None:
-    """2-D maps of the task space (first Fisher method) and of the domain space."""
+    """2-D maps of the task space (first Fisher method) and of the domain space, and each
+    task's nearest tasks (from the same all-pairs distances)."""
     task_method = next(m for m in methods if m in FISHER_METHODS)
     spaces = {"task": task_method}
     if "domain" in methods:
@@ -220,6 +221,8 @@ def _compute_maps(con, methods: Sequence[str], algorithms: Sequence[str], seed: 
             continue  # too few tasks for a neighbourhood map
         dist = (distances.cosine_matrix(matrix) if method == "domain"
                 else distances.symmetric_matrix(matrix))
+        if space == "task":  # the task cards' nearest tasks, read instead of computed
+            store.write_neighbours(con, ids, dist)
         for algorithm in algorithms:
             if progress:
                 print(f"map: {algorithm} of {space} space ({len(ids)} tasks)", flush=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 
 SCHEMA_VERSION = 1
 
@@ -36,6 +37,9 @@ def schema(dim: int) -> str:
         PRIMARY KEY (space, algorithm, task_id));
     CREATE TABLE IF NOT EXISTS map_params (
         space VARCHAR, algorithm VARCHAR, params JSON, PRIMARY KEY (space, algorithm));
+    CREATE TABLE IF NOT EXISTS neighbours (
+        task_id VARCHAR, rank INTEGER, neighbour VARCHAR, distance DOUBLE,
+        PRIMARY KEY (task_id, rank));
     CREATE TABLE IF NOT EXISTS runs (
         run_id INTEGER PRIMARY KEY, started TIMESTAMP, finished TIMESTAMP, tasks_embedded INTEGER,
         seconds_per_task DOUBLE, device VARCHAR, summary JSON);
@@ -126,6 +130,34 @@ def write_map(con: duckdb.DuckDBPyConnection, space: str, algorithm: str, ids: l
     con.execute("INSERT OR REPLACE INTO map_params VALUES (?, ?, ?)",
                 [space, algorithm, json.dumps(params)])
     con.execute("COMMIT")
+
+
+NEIGHBOURS = 20  # nearest tasks stored per task (a task card shows 10)
+
+
+def write_neighbours(con: duckdb.DuckDBPyConnection, ids: list[str], dist: np.ndarray,
+                     k: int = NEIGHBOURS) -> None:
+    """Replace the ``neighbours`` table: each task's ``k`` nearest other tasks by ``dist``
+    (all pairs of the task space, as computed for the maps), nearest first. Ties keep task
+    order, so the lists are reproducible."""
+    dist = np.array(dist, dtype=np.float64)  # a copy: the diagonal is masked below
+    n = len(ids)
+    k = max(min(k, n - 1), 0)
+    np.fill_diagonal(dist, np.inf)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    rows = pd.DataFrame({
+        "task_id": np.repeat(np.asarray(ids, dtype=object), k),
+        "rank": np.tile(np.arange(k, dtype=np.int32), n),
+        "neighbour": np.asarray(ids, dtype=object)[order.ravel()],
+        "distance": np.take_along_axis(dist, order, axis=1).ravel()})
+    con.register("new_neighbours", rows)
+    try:
+        with transaction(con):
+            con.execute("DELETE FROM neighbours")
+            con.execute("INSERT INTO neighbours SELECT task_id, rank, neighbour, distance "
+                        "FROM new_neighbours")
+    finally:
+        con.unregister("new_neighbours")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -178,6 +179,20 @@ def test_choosing_a_task_in_the_picker_opens_its_card_and_selection_export(app_l
     labels = [b.label for b in at.get("download_button")]
     assert "Selection (CSV)" in labels
     assert "Figure pack (zip, 2 figures)" in labels
+
+
+def test_a_library_without_stored_neighbours_shows_the_same_nearest_tasks(app_library, tmp_path):
+    """Files built before the neighbours table: the card computes the distance row instead."""
+    old = tmp_path / "old.duckdb"
+    shutil.copy(app_library, old)
+    con = duckdb.connect(str(old))
+    con.execute("DROP TABLE neighbours")
+    con.close()
+    task = "fashion/5-vs-7"
+    stored = table(open_app(app_library, task=task), "distance")
+    computed = table(open_app(old, task=task), "distance")
+    assert len(stored) == N_TASKS - 1
+    pd.testing.assert_frame_equal(stored, computed)
 
 
 def test_the_same_library_by_another_path_keeps_the_selection(app_library):

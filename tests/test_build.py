@@ -36,6 +36,7 @@ def read_all(db) -> dict:
             "thumbnails": con.execute("SELECT count(*) FROM thumbnails").fetchone()[0],
             "info": store.get_info(con),
             "runs": con.execute("SELECT tasks_embedded FROM runs ORDER BY run_id").fetchall(),
+            "neighbours": con.execute("SELECT * FROM neighbours ORDER BY task_id, rank").fetchall(),
         }
     finally:
         con.close()
@@ -63,6 +64,23 @@ def test_build_writes_every_table(digits, reference):
     assert reference["thumbnails"] == 6 * build.THUMBNAILS_PER_TASK
     assert reference["info"]["probe"] == "efficientnet_lite0" and reference["info"]["input_size"] == SIDE
     assert reference["runs"] == [(6,)]
+
+
+def test_build_stores_each_tasks_nearest_tasks_by_symmetric_distance(reference):
+    """The task cards read these lists: every other task, nearest first, with d_sym computed
+    here pair by pair from the stored embeddings (paper section 3.3)."""
+    from precompute import distances
+
+    fisher = {t: store.decode(np.asarray(v)) for t, m, v, _ in reference["embeddings"] if m == "montecarlo"}
+    stored = {}
+    for task, rank, other, dist in reference["neighbours"]:
+        stored.setdefault(task, []).append((rank, other, dist))
+    assert sorted(stored) == sorted(fisher)
+    for task, rows in stored.items():
+        expected = sorted((distances.symmetric(fisher[task], fisher[o]), o) for o in fisher if o != task)
+        assert [r for r, _, _ in rows] == list(range(5))  # 6 tasks: the 5 others
+        assert [o for _, o, _ in rows] == [o for _, o in expected]
+        assert [d for _, _, d in rows] == pytest.approx([d for d, _ in expected], abs=1e-6)
 
 
 def test_bfloat16_storage_round_trip():
