@@ -92,26 +92,40 @@ def selected() -> list[str]:
     return list(sel or [])
 
 
-def _copy_widget(key: str) -> None:
-    st.session_state[key] = st.session_state[f"w_{key}"]
+def widget_key(key: str) -> str:
+    """The key of the selectbox that shows ``key``: ``w_<key>``, then ``w_<key>~N`` after the
+    N-th change made outside it (see :func:`choice`)."""
+    n = st.session_state.get(f"_generation_{key}", 0)
+    return f"w_{key}~{n}" if n else f"w_{key}"
 
 
 def choice(label: str, options: Sequence, key: str, default=None, *, container=st,
            format_func: Callable = str, on_change: Callable | None = None, **kwargs):
     """A selectbox whose value lives under ``key`` (so it survives page switches and goes into
-    the URL); the widget itself is keyed ``w_<key>``. An invalid stored value (e.g. from an
-    old link) falls back to ``default``."""
+    the URL); the widget itself is keyed :func:`widget_key`. An invalid stored value (e.g. from
+    an old link) falls back to ``default``.
+
+    When ``key`` was changed outside the widget (a click on the map opens another task card),
+    the widget gets a new key. The browser may still send the old widget's old value with the
+    next rerun (seen when clicks on the map follow each other quickly): with the same key that
+    stale value would count as the user's choice and undo the click; with a new key it is
+    recognised as the old widget's and ignored."""
     options = list(options)
     value = st.session_state.get(key, default)
     if value not in options:
         value = default if default in options else options[0] if options else None
     st.session_state[key] = value
-    st.session_state[f"w_{key}"] = value
+    if st.session_state.get(widget_key(key), value) != value:
+        st.session_state[f"_generation_{key}"] = st.session_state.get(f"_generation_{key}", 0) + 1
+    wkey = widget_key(key)
+    st.session_state[wkey] = value
 
     def changed():
-        _copy_widget(key)
+        if wkey != widget_key(key):
+            return  # a replaced widget (Streamlit keeps the callbacks of widgets gone)
+        st.session_state[key] = st.session_state[wkey]
         if on_change:
             on_change()
 
-    return container.selectbox(label, options, key=f"w_{key}", format_func=format_func,
+    return container.selectbox(label, options, key=wkey, format_func=format_func,
                                on_change=changed, **kwargs)

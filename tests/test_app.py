@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 from scipy.stats import spearmanr
+from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
 
 from conftest import APP_DIGIT_PAIRS, APP_FASHION_PAIRS, APP_SELECTION, app_expert_errors
@@ -179,6 +180,47 @@ def test_choosing_a_task_in_the_picker_opens_its_card_and_selection_export(app_l
     labels = [b.label for b in at.get("download_button")]
     assert "Selection (CSV)" in labels
     assert "Figure pack (zip, 2 figures)" in labels
+
+
+def picker(at: AppTest):
+    """The task map's "Open a task card" selectbox (its key changes, see state.choice)."""
+    [box] = [b for b in at.selectbox if b.label == "Open a task card"]
+    return box
+
+
+def click_map(at: AppTest, task: str, stale: WidgetState | None = None) -> None:
+    """Rerun as the browser does after a click on ``task`` on the task map (plus, if given, a
+    widget's state as the browser last knew it)."""
+    widgets = at._tree.get_widget_states()
+    chart = at.get("plotly_chart")[0].proto.id
+    points = [{"customdata": [task], "curve_number": 0, "point_number": 0, "point_index": 0}]
+    widgets.widgets.add(id=chart, string_value=json.dumps(
+        {"selection": {"points": points, "point_indices": [0], "box": [], "lasso": []}}))
+    if stale is not None:
+        kept = [w for w in widgets.widgets if w.id != stale.id]
+        del widgets.widgets[:]
+        widgets.widgets.extend([*kept, stale])
+    at._run(widgets)
+    assert not at.exception, at.exception
+
+
+def test_a_stale_task_picker_value_does_not_undo_a_click_on_the_map(app_library):
+    """Seen in Chromium with quick clicks: the rerun after a click on the map can carry the
+    task picker's value from before the click. It must not reopen the previous card."""
+    first, clicked, then = "digits/3-vs-8", "fashion/5-vs-7", "digits/0-vs-1"
+    at = open_app(app_library, task=first)
+    before = picker(at)._widget_state  # the picker on `first`
+    click_map(at, clicked)
+    assert at.subheader[0].value == "fashion 5 vs 7"
+    assert picker(at).value == clicked
+    click_map(at, clicked, stale=before)  # the browser's next rerun, with the old picker value
+    assert at.subheader[0].value == "fashion 5 vs 7"
+    assert at.session_state["selected"] == [clicked]
+    assert linked_selection(at)["ids"] == [clicked]
+    # the picker still works after the change of key
+    picker(at).select(then).run()
+    assert at.subheader[0].value == "digits 0 vs 1"
+    assert at.session_state["selected"] == [then]
 
 
 def test_a_library_without_stored_neighbours_shows_the_same_nearest_tasks(app_library, tmp_path):
