@@ -112,8 +112,8 @@ def task_map(tasks: pd.DataFrame, xy: pd.DataFrame, color: str = "family", *,
 
     Every point carries its task id as ``customdata[0]`` (selection events read it); task
     traces have ``meta="tasks"`` (explorer/link.py rings the selection in the browser). Traces are
-    built as plain dicts from numpy arrays and validated once: a selection redraws both maps,
-    and 1,500 points through ``add_trace`` cost about 0.4 s each.
+    built as plain dicts from numpy arrays and validated once: a new colouring rebuilds both
+    maps, and 1,500 points through ``add_trace`` cost about 0.4 s each.
     """
     df = tasks.loc[tasks.index.intersection(xy.index, sort=False)]
     x = xy.loc[df.index, "x"].to_numpy(dtype=float)
