@@ -3,6 +3,7 @@ buttons, and the talk pack of all current figures."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -63,7 +64,7 @@ def figure_pack_button(slot) -> None:
     """The one-click zip of every figure shown in this session (PNG + SVG, presentation style)."""
     figures = st.session_state.get("figures") or {}
     slot.download_button(
-        f"Figure pack (zip, {len(figures)} figures)", data=lambda f=dict(figures): export.figure_pack(f),
+        f"Figure pack (zip, {len(figures)} figures)", data=lambda f=dict(figures): export.figure_pack({n: make() for n, make in f.items()}),
         file_name="task2vec-figures.zip", mime="application/zip", on_click="ignore",
         disabled=not figures, key="figure_pack", width="stretch", icon=":material/folder_zip:",
         help="PNG and SVG of every figure shown in this session, in presentation style")
@@ -84,14 +85,15 @@ def _library_files() -> list[str]:
 
 
 def show_figure(fig: go.Figure, name: str, *, key: str, on_select=None, height: int | None = None,
-                exported: go.Figure | None = None, **kwargs):
+                exported: Callable[[], go.Figure] | None = None, **kwargs):
     """Draw ``fig``, offer it as PNG and SVG, and put it in the session's figure pack.
 
     ``name`` titles the exported file; ``on_select`` (a callback) makes the chart selectable;
-    ``exported`` is what the downloads and the pack get instead of ``fig`` (a map's selection,
-    which the browser draws over ``fig``). Returns what ``st.plotly_chart`` returns.
+    ``exported`` builds what the downloads and the pack get instead of ``fig`` (a map with the
+    selection the browser draws over ``fig``), only when one is downloaded. The session's
+    ``figures`` maps each name to such a builder. Returns what ``st.plotly_chart`` returns.
     """
-    exported = fig if exported is None else exported
+    exported = exported or (lambda: fig)
     st.session_state.setdefault("figures", {})[name] = exported
     args = dict(key=key, theme=None, config={"displaylogo": False, "toImageButtonOptions": {
         "format": "svg", "filename": export.file_stem(name)}}, **kwargs)
@@ -102,7 +104,7 @@ def show_figure(fig: go.Figure, name: str, *, key: str, on_select=None, height: 
     event = st.plotly_chart(fig, **args)
     row = st.container(horizontal=True)
     for fmt in ("png", "svg"):
-        row.download_button(fmt.upper(), data=lambda f=exported, t=fmt: export.to_image(f, t),
+        row.download_button(fmt.upper(), data=lambda f=exported, t=fmt: export.to_image(f(), t),
                             file_name=f"{export.file_stem(name)}.{fmt}", mime=export.MIME[fmt],
                             on_click="ignore", key=f"{key}_{fmt}", icon=":material/download:",
                             help=f"{name} as {fmt.upper()} (presentation style)")

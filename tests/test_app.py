@@ -162,9 +162,9 @@ def test_task_card_from_the_url_shows_nearest_tasks_by_symmetric_distance(app_li
     assert linked_selection(at) == {"ids": [task], "charts": ["map_task", "map_domain"]}
     for chart in charts(at):
         assert [tr["meta"] for tr in chart["data"]] == ["tasks"] * len(chart["data"])
-    exported = at.session_state["figures"]
+    exported = at.session_state["figures"]  # name -> builder, called on download
     assert len(exported) == 2
-    for fig in exported.values():
+    for fig in (make() for make in exported.values()):
         ring = [tr for tr in fig.data if tr.meta == "ring"]
         assert [cd[0] for cd in ring[0].customdata] == [task]
         assert all(tr.marker.opacity == 0.3 for tr in fig.data if tr.meta == "tasks")
