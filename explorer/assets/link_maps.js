@@ -5,7 +5,8 @@
 // every map and dims the maps' task traces. It touches no Plotly data: a ring is an SVG circle
 // placed with the axes' own data-to-pixel conversion, dimming is one CSS opacity per trace
 // group, so a selection costs the browser a few DOM nodes instead of redrawing 1,500-point maps.
-// Rings are placed again after every redraw of a map (zoom, pan, new colouring, resize).
+// Rings are placed again after every redraw of a map (zoom, pan, new colouring, resize), and
+// drawn as soon as a map reports a selection; the server's rerun then confirms the same ids.
 
 const SVG = "http://www.w3.org/2000/svg";
 const DIM = "0.35";
@@ -56,10 +57,28 @@ function draw(gd) {
   return true;
 }
 
+function drawAll() {
+  for (const key of state.charts) {
+    const gd = graphDiv(key);
+    if (gd && gd.__task2vecLinked) draw(gd);
+  }
+}
+
+// A click (or box, lasso, shift-click) on a map rings the tasks on every map at once, without
+// waiting for the server's rerun, which then sends the same ids (and opens the card).
+function selected(event) {
+  const points = (event && event.points) || [];
+  const ids = points.filter((p) => p.data && p.data.meta === "tasks").map((p) => p.customdata[0]);
+  if (!ids.length) return; // a deselect: the server keeps the selection, and so do the rings
+  state.ids = [...new Set(ids)];
+  drawAll();
+}
+
 function link(gd) {
   if (gd.__task2vecLinked || !gd._fullLayout || !gd.on) return; // not drawn by Plotly yet
   gd.__task2vecLinked = true;
   gd.on("plotly_afterplot", () => draw(gd)); // zoom, pan, resize, new figure
+  gd.on("plotly_selected", selected);
   draw(gd);
 }
 
@@ -81,9 +100,6 @@ export default function (component) {
   const { data } = component;
   state.ids = (data && data.ids) || [];
   state.charts = (data && data.charts) || [];
-  for (const key of state.charts) {
-    const gd = graphDiv(key);
-    if (gd && gd.__task2vecLinked) draw(gd);
-  }
+  drawAll();
   scan();
 }

@@ -84,6 +84,18 @@ def test_open_the_map_and_switch_pages(app_page, server):
     assert requests and not outside, outside
 
 
+# Plotly's selection event for another task than `task` on the domain map, as a click sends it;
+# returns that task and the rings on both maps right after the event's handlers ran.
+SELECT_ON_DOMAIN_MAP = """task => {
+  const maps = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')].slice(0, 2);
+  const trace = maps[1].data.find(t => t.meta === 'tasks');
+  const i = trace.customdata.findIndex(c => c[0] !== task);
+  maps[1].emit('plotly_selected', {points: [{data: trace, customdata: trace.customdata[i]}]});
+  const rings = maps.map(m => [...m.querySelectorAll('g.task2vec-rings circle')].map(c => c.getAttribute('data-task')));
+  return [trace.customdata[i][0], rings];
+}"""
+
+
 def test_select_a_task_on_the_map_opens_its_card(app_page, server):
     page = app_page
     open_map(app_page, server)
@@ -122,6 +134,13 @@ def test_select_a_task_on_the_map_opens_its_card(app_page, server):
     link = page.url
     page.goto(link)
     expect(page.locator('[data-testid="stHeadingWithActionElements"] h3')).to_have_text(name, timeout=SLOW)
+    for k in (0, 1):
+        expect(charts(page).nth(k).locator(f'g.task2vec-rings circle[data-task="{task}"]')).to_have_count(1)
+    # a selection on one map is ringed on both in the same browser task, before the server's
+    # rerun (which then opens the card)
+    other, ringed = page.evaluate(SELECT_ON_DOMAIN_MAP, task)
+    assert other != task and ringed == [[other], [other]]
+    expect(page.locator('[data-testid="stCaptionContainer"] code').first).to_have_text(other, timeout=SLOW)
 
 
 def test_upload_a_small_dataset_and_see_its_neighbours(app_page, server, digits, tmp_path):
