@@ -62,9 +62,10 @@ def sidebar():
 
 def figure_pack_button(slot) -> None:
     """The one-click zip of every figure shown in this session (PNG + SVG, presentation style)."""
-    figures = st.session_state.get("figures") or {}
+    figures = st.session_state.get("figures") or {}  # name -> builder (see show_figure)
     slot.download_button(
-        f"Figure pack (zip, {len(figures)} figures)", data=lambda f=dict(figures): export.figure_pack({n: make() for n, make in f.items()}),
+        f"Figure pack (zip, {len(figures)} figures)",
+        data=lambda f=dict(figures): export.figure_pack({n: make() for n, make in f.items()}),
         file_name="task2vec-figures.zip", mime="application/zip", on_click="ignore",
         disabled=not figures, key="figure_pack", width="stretch", icon=":material/folder_zip:",
         help="PNG and SVG of every figure shown in this session, in presentation style")

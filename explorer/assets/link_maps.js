@@ -32,7 +32,8 @@ function draw(gd) {
     for (let i = 0; i < cd.length; i++) {
       if (!wanted.has(cd[i][0])) continue;
       const x = xa._offset + xa.d2p(t.x[i]), y = ya._offset + ya.d2p(t.y[i]);
-      const inside = x >= xa._offset && x <= xa._offset + xa._length && y >= ya._offset && y <= ya._offset + ya._length;
+      const inside = x >= xa._offset && x <= xa._offset + xa._length &&
+        y >= ya._offset && y <= ya._offset + ya._length;
       if (inside) rings.push([cd[i][0], x, y, t.marker.size]); // zoomed out of view: no ring
     }
   }
