@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import streamlit as st
 
@@ -92,40 +92,56 @@ def selected() -> list[str]:
     return list(sel or [])
 
 
-def widget_key(key: str) -> str:
-    """The key of the selectbox that shows ``key``: ``w_<key>``, then ``w_<key>~N`` after the
-    N-th change made outside it (see :func:`choice`)."""
-    n = st.session_state.get(f"_generation_{key}", 0)
-    return f"w_{key}~{n}" if n else f"w_{key}"
+def widget_key(name: str) -> str:
+    """The key of the widget ``name`` now: ``w_<name>``, then ``w_<name>~N`` after the N-th
+    change made outside it (see :func:`bind`)."""
+    n = st.session_state.get(f"_generation_{name}", 0)
+    return f"w_{name}~{n}" if n else f"w_{name}"
+
+
+def bind(name: str, value) -> str:
+    """Show ``value`` (kept elsewhere in the session state) in the widget ``name``; returns the
+    key to create the widget with.
+
+    When ``value`` was changed outside the widget (a click on the map opens another task card,
+    the other library chooser picks another file), the widget gets a new key. The browser may
+    still send the old widget's old value with the next rerun (seen with quick clicks on the
+    map): under the same key that stale value would count as the user's input and undo the
+    change; under a new key it belongs to a widget that is gone, and :func:`on_input` drops it.
+    """
+    if st.session_state.get(widget_key(name), value) != value:
+        st.session_state[f"_generation_{name}"] = st.session_state.get(f"_generation_{name}", 0) + 1
+    key = widget_key(name)
+    st.session_state[key] = value
+    return key
+
+
+def on_input(name: str, key: str, then: Callable[[Any], None]) -> Callable[[], None]:
+    """The ``on_change`` callback of the widget created with ``key`` by :func:`bind`: ``then``
+    with its new value, unless the widget was replaced since (Streamlit still calls the
+    callbacks of widgets that are gone)."""
+    def callback() -> None:
+        if key == widget_key(name):
+            then(st.session_state[key])
+    return callback
 
 
 def choice(label: str, options: Sequence, key: str, default=None, *, container=st,
            format_func: Callable = str, on_change: Callable | None = None, **kwargs):
     """A selectbox whose value lives under ``key`` (so it survives page switches and goes into
-    the URL); the widget itself is keyed :func:`widget_key`. An invalid stored value (e.g. from
-    an old link) falls back to ``default``.
-
-    When ``key`` was changed outside the widget (a click on the map opens another task card),
-    the widget gets a new key. The browser may still send the old widget's old value with the
-    next rerun (seen when clicks on the map follow each other quickly): with the same key that
-    stale value would count as the user's choice and undo the click; with a new key it is
-    recognised as the old widget's and ignored."""
+    the URL), shown with :func:`bind`. An invalid stored value (e.g. from an old link) falls
+    back to ``default``."""
     options = list(options)
     value = st.session_state.get(key, default)
     if value not in options:
         value = default if default in options else options[0] if options else None
     st.session_state[key] = value
-    if st.session_state.get(widget_key(key), value) != value:
-        st.session_state[f"_generation_{key}"] = st.session_state.get(f"_generation_{key}", 0) + 1
-    wkey = widget_key(key)
-    st.session_state[wkey] = value
 
-    def changed():
-        if wkey != widget_key(key):
-            return  # a replaced widget (Streamlit keeps the callbacks of widgets gone)
-        st.session_state[key] = st.session_state[wkey]
+    def chosen(new) -> None:
+        st.session_state[key] = new
         if on_change:
             on_change()
 
+    wkey = bind(key, value)
     return container.selectbox(label, options, key=wkey, format_func=format_func,
-                               on_change=changed, **kwargs)
+                               on_change=on_input(key, wkey, chosen), **kwargs)

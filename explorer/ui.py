@@ -46,16 +46,18 @@ def prefetch() -> None:
 def sidebar():
     """Library chooser; returns the slot for the figure pack, filled after the page ran."""
     with st.sidebar:
-        current = st.session_state.get("db", "")
-        st.session_state["w_db_input"] = current  # follows the library chosen by any means
-        st.text_input("Library file (DuckDB)", key="w_db_input", on_change=_library_typed,
+        current = st.session_state.get("db", "")  # both choosers follow the library chosen
+        key = state.bind("db_input", current)
+        typed = state.on_input("db_input", key, lambda path: state.set_library(path.strip()))
+        st.text_input("Library file (DuckDB)", key=key, on_change=typed,
                       help="Another library built with `python -m precompute build`; opened "
                            "read-only, never changed.")
         found = _library_files()
         if len(found) > 1 or (found and current not in found):
             options = found if current in found else [current] + found
-            st.session_state["w_db_pick"] = current
-            st.selectbox("or pick one", options, key="w_db_pick", on_change=_library_picked,
+            key = state.bind("db_pick", current)
+            st.selectbox("or pick one", options, key=key,
+                         on_change=state.on_input("db_pick", key, state.set_library),
                          format_func=lambda p: Path(p).name)
         return st.empty()
 
@@ -69,14 +71,6 @@ def figure_pack_button(slot) -> None:
         file_name="task2vec-figures.zip", mime="application/zip", on_click="ignore",
         disabled=not figures, key="figure_pack", width="stretch", icon=":material/folder_zip:",
         help="PNG and SVG of every figure shown in this session, in presentation style")
-
-
-def _library_typed() -> None:
-    state.set_library(st.session_state["w_db_input"].strip())
-
-
-def _library_picked() -> None:
-    state.set_library(st.session_state["w_db_pick"])
 
 
 def _library_files() -> list[str]:

@@ -188,20 +188,24 @@ def picker(at: AppTest):
     return box
 
 
-def click_map(at: AppTest, task: str, stale: WidgetState | None = None) -> None:
-    """Rerun as the browser does after a click on ``task`` on the task map (plus, if given, a
-    widget's state as the browser last knew it)."""
+def rerun(at: AppTest, *sent: WidgetState) -> None:
+    """Rerun with the widget states ``sent`` in place of those of the page (as the browser
+    sends them, old widgets included: AppTest itself only sends the widgets on the page)."""
+    ids = {w.id for w in sent}
     widgets = at._tree.get_widget_states()
-    chart = at.get("plotly_chart")[0].proto.id
-    points = [{"customdata": [task], "curve_number": 0, "point_number": 0, "point_index": 0}]
-    widgets.widgets.add(id=chart, string_value=json.dumps(
-        {"selection": {"points": points, "point_indices": [0], "box": [], "lasso": []}}))
-    if stale is not None:
-        kept = [w for w in widgets.widgets if w.id != stale.id]
-        del widgets.widgets[:]
-        widgets.widgets.extend([*kept, stale])
+    kept = [w for w in widgets.widgets if w.id not in ids]
+    del widgets.widgets[:]
+    widgets.widgets.extend([*kept, *sent])
     at._run(widgets)
     assert not at.exception, at.exception
+
+
+def click_map(at: AppTest, task: str, *sent: WidgetState) -> None:
+    """Rerun as the browser does after a click on ``task`` on the task map."""
+    points = [{"customdata": [task], "curve_number": 0, "point_number": 0, "point_index": 0}]
+    selection = {"selection": {"points": points, "point_indices": [0], "box": [], "lasso": []}}
+    rerun(at, WidgetState(id=at.get("plotly_chart")[0].proto.id, string_value=json.dumps(selection)),
+          *sent)
 
 
 def test_a_stale_task_picker_value_does_not_undo_a_click_on_the_map(app_library):
@@ -213,7 +217,7 @@ def test_a_stale_task_picker_value_does_not_undo_a_click_on_the_map(app_library)
     click_map(at, clicked)
     assert at.subheader[0].value == "fashion 5 vs 7"
     assert picker(at).value == clicked
-    click_map(at, clicked, stale=before)  # the browser's next rerun, with the old picker value
+    click_map(at, clicked, before)  # the browser's next rerun, with the old picker value
     assert at.subheader[0].value == "fashion 5 vs 7"
     assert at.session_state["selected"] == [clicked]
     assert linked_selection(at)["ids"] == [clicked]
@@ -407,6 +411,20 @@ def test_switching_library_in_the_sidebar(app_library, app_library_experts):
     at.text_input(key="w_db_input").input(str(app_library_experts)).run()
     assert "best-expert test error" in at.selectbox(key="w_color").options
     assert not at.subheader  # the selection belonged to the other library
+
+
+def test_a_stale_library_path_does_not_undo_a_library_picked_in_the_list(app_library):
+    """The two library choosers show the same file: after a pick in the list, the path field's
+    old value, sent again by the browser, must not switch back."""
+    at = open_app(app_library)
+    typed = at.text_input[0]._widget_state  # the path field on app_library
+    [pick] = [b for b in at.selectbox if b.label == "or pick one"]
+    demo = str(state.DEFAULT_LIBRARY)
+    pick.select(demo).run()
+    assert at.session_state["db"] == demo and at.text_input[0].value == demo
+    rerun(at, typed)
+    assert at.session_state["db"] == demo
+    assert "384 tasks" in at.caption[0].value  # the demo library's task map
 
 
 def test_library_from_command_line_arguments():
