@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := dataset-fashion-mnist fonts-noto-core chromium
+DEBIAN_PACKAGES := dataset-fashion-mnist fonts-noto-core fonts-noto-color-emoji unicode-data chromium
 
 .PHONY: setup test bench app clean
 
