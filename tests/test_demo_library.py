@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = 0.005  # every task at its floor: 3 images per class
 # Scripts fonts-noto-core has always carried; tests rely on no other font.
 SURE_SCRIPTS = ("Latin", "Greek", "Cyrillic", "Arabic", "Hebrew", "Devanagari", "Thai")
-ONE_PER_FAMILY = ("fashion_mnist/pair/tshirt-vs-shirt", "glyphs/greek", "digits/pair/3-vs-8")
+ONE_PER_FAMILY = ("fashion_mnist/pair/tshirt-vs-shirt", "glyphs/greek", "digits/pair/3-vs-8",
+                  "emoji/animals-nature/animal-mammal")
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +46,10 @@ def stacked(records):
 
 def test_full_scale_library_has_the_promised_shape(full):
     families = Counter(s.family for s in full)
-    assert set(families) == {"fashion_mnist", "glyphs", "digits"}
-    assert len(full) >= 300
+    assert set(families) == {"fashion_mnist", "glyphs", "digits", "emoji"}
+    assert len(full) >= 400
     assert families["glyphs"] >= 60 and families["fashion_mnist"] >= 150
-    assert families["digits"] >= 10
+    assert families["digits"] >= 10 and families["emoji"] >= 90
     assert len({s.task_id for s in full}) == len(full)
     scripts = {s.meta["script"] for s in full if s.family == "glyphs"}
     assert set(SURE_SCRIPTS) <= scripts
@@ -59,7 +60,8 @@ def test_sizes_are_heavy_tailed_from_50_to_thousands(full):
     assert sizes.min() == demo.TASK_SIZES[0] == 50
     assert sizes.max() >= 5000
     assert np.median(sizes) < 300 < sizes.mean()  # most tasks small, a few large
-    assert 150_000 <= sizes.sum() <= 250_000  # the CPU embedding budget
+    # the CPU embedding budget: 234,088 images in the first three families, 60,452 in emoji
+    assert 250_000 <= sizes.sum() <= 320_000
     for s in full:
         assert s.meta["num_train"] + s.meta["num_test"] == s.meta["num_images"]
 
@@ -104,7 +106,8 @@ def test_every_task_has_two_classes_with_train_and_test_images(tiny):
             assert counts[label, "train"] >= 2 and counts[label, "test"] >= 1, spec.task_id
         assert sum(counts[label, "test"] for label in labels) == spec.meta["num_test"]
         image = records[0].image
-        assert image.dtype == np.uint8 and image.ndim == 2, spec.task_id
+        assert image.dtype == np.uint8, spec.task_id
+        assert image.ndim == (3 if spec.family == "emoji" else 2), spec.task_id  # emoji: RGB
 
 
 def test_records_are_identical_on_every_call_and_change_with_the_seed(tiny):
@@ -154,16 +157,18 @@ def test_whole_pool_tasks_share_one_image_distribution_and_differ_in_labels():
 
 
 def test_adding_the_whole_pool_tasks_kept_every_other_task_as_it_was():
-    """They were added after data/demo.duckdb was first built: the others keep their sizes."""
+    """They, and the emoji family, were added after data/demo.duckdb was first built: the
+    others keep their sizes."""
     specs = read_demo_library(seed=0)
-    rest = [s for s in specs if not s.task_id.startswith("fashion_mnist/all-images/")]
+    later = ("fashion_mnist/all-images/", "emoji/")
+    rest = [s for s in specs if not s.task_id.startswith(later)]
     con = duckdb.connect(str(ROOT / "data" / "demo.duckdb"), read_only=True)
     try:
         built = dict(con.execute("SELECT task_id, num_train + num_test FROM tasks").fetchall())
     finally:
         con.close()
     assert {s.task_id: s.meta["num_images"] for s in rest} == {
-        t: n for t, n in built.items() if not t.startswith("fashion_mnist/all-images/")}
+        t: n for t, n in built.items() if not t.startswith(later)}
 
 
 def test_glyph_images_are_not_blank_and_differ_between_characters(tiny):
@@ -204,6 +209,8 @@ def test_taxonomy_paths_are_well_formed(full):
         assert all(isinstance(p, str) and p.strip() == p and p for p in s.taxonomy), s.task_id
         if s.family == "glyphs":
             assert s.taxonomy[-1] == s.name == s.meta["script"]
+        elif s.family == "emoji":  # ("emoji", group) or ("emoji", group, subgroup)
+            assert s.taxonomy[:2] == ("emoji", s.meta["group"]) and s.taxonomy[-1] == s.name
         else:
             assert s.taxonomy == (s.family, *s.meta["attribute_group"].split("/"), s.name)
 

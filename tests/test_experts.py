@@ -106,7 +106,7 @@ def test_demo_library_gets_at_least_15_experts_plus_imagenet():
     plans = experts.plan_experts(specs)
     assert len(plans) >= 16 and plans[0].expert_id == "imagenet"
     families = {p.group[0] for p in plans[1:]}
-    assert families == {"fashion_mnist", "glyphs", "digits"}
+    assert families == {"fashion_mnist", "glyphs", "digits", "emoji"}  # every family has one
     ids = {s.task_id for s in specs}
     for p in plans[1:]:
         assert 1 <= len(p.source_tasks) <= experts.DEFAULT_SOURCES and set(p.source_tasks) <= ids

@@ -1,6 +1,6 @@
 """The offline demo task library: the paper's collection of tasks (section 4) in miniature.
 
-Built only from real data that installs offline (Debian packages and scikit-learn), in three
+Built only from real data that installs offline (Debian packages and scikit-learn), in four
 families with the structure of the paper's four datasets:
 
 - ``fashion_mnist``: one domain, many label sets, like iMaterialist and DeepFashion. Binary
@@ -14,6 +14,9 @@ families with the structure of the paper's four datasets:
   ``fonts-noto-core``) with seeded augmentations; the taxonomy is the genealogy of scripts in
   ``script_genealogy.csv``, so :func:`taxonomic_distance` gives the paper's Fig. 2 axis.
 - ``digits``: scikit-learn's 1,797 handwritten 8x8 digits (upscaled), a few tasks.
+- ``emoji``: colour renders of Noto Color Emoji with Unicode's group > subgroup taxonomy, a
+  task per subgroup and per group (:mod:`.emoji`, Debian ``fonts-noto-color-emoji`` and
+  ``unicode-data``).
 
 Task sizes are heavy-tailed like the paper's (most tasks hundreds of images, a few thousands):
 quantiles of a truncated Pareto distribution on ``TASK_SIZES``, dealt to the tasks by the seed
@@ -56,7 +59,7 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-
 # present, installs .ttc files in the second.
 FONT_DIRS = (Path("/usr/share/fonts/truetype/noto"), Path("/usr/share/fonts/opentype/noto"))
 
-FAMILIES = ("fashion_mnist", "glyphs", "digits")
+FAMILIES = ("fashion_mnist", "glyphs", "digits", "emoji")
 
 # Full-scale task sizes (images, train + test): quantiles of a Pareto distribution with tail
 # index SIZE_TAIL_INDEX truncated to TASK_SIZES. With the 360 tasks dealt them: median 159
@@ -80,38 +83,43 @@ def read_demo_library(
     seed: int = 0,
     scale: float = 1.0,
     *,
+    families: Sequence[str] = FAMILIES,
     fashion_mnist_dir: str | Path = FASHION_MNIST_DIR,
     font_dirs: Sequence[str | Path] = FONT_DIRS,
 ) -> list[TaskSpec]:
-    """The demo task library: Fashion-MNIST attribute tasks, one glyph task per script, digits.
+    """The demo task library: Fashion-MNIST attribute tasks, one glyph task per script, digits,
+    emoji.
 
     Args:
         seed: decides each task's size, its characters (glyphs), its images and its
             train/test split; the same seed gives the same library, image for image.
         scale: multiplies every task's size (e.g. 0.02 for tests); a class never gets fewer
             than MIN_PER_CLASS images (2 train, 1 test).
+        families: the families to include (default: all of FAMILIES); leaving one out
+            changes no other task, and its data need not be installed.
         fashion_mnist_dir: folder with Fashion-MNIST's four ``*-ubyte.gz`` files.
         font_dirs: folders searched for the Noto font files named in ``script_genealogy.csv``;
             scripts whose font is missing are left out (see :func:`skipped_scripts`).
 
     Returns:
-        TaskSpecs, fashion_mnist first, then glyphs, then digits. ``meta`` of each holds
+        TaskSpecs, fashion_mnist first, then glyphs, digits and emoji. ``meta`` of each holds
         ``num_images``, ``num_train``, ``num_test``, ``classes`` (the task's labels), ``seed``,
         ``source`` and ``related`` (ids of related tasks of the same family), plus
         family-specific fields (``attribute_group`` and ``defining_classes``; ``script``,
-        ``characters`` and ``fonts``).
+        ``characters`` and ``fonts``; ``group``, ``subgroup`` and ``emoji``).
     """
     seed = _check_seed(seed)
+    families = _check_families(families)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale <= 100):
         raise Task2VecError(f"scale must be a number in (0, 100], got {scale!r}")
     fashion_dir = Path(fashion_mnist_dir)
     missing = [f for f in _FASHION_FILES.values() if not (fashion_dir / f).is_file()]
-    if missing:
+    if missing and "fashion_mnist" in families:
         raise Task2VecError(
             f"Fashion-MNIST not found: {fashion_dir} lacks {', '.join(missing)}; "
             "install the Debian package dataset-fashion-mnist (make setup)")
     scripts, _ = _glyph_inventory(seed, _font_dirs_key(font_dirs))
-    if not scripts:
+    if not scripts and "glyphs" in families:
         raise Task2VecError(
             f"no Noto script fonts found in {', '.join(map(str, font_dirs))}; "
             "install the Debian package fonts-noto-core (make setup)")
@@ -136,6 +144,12 @@ def read_demo_library(
             specs.append(_glyph_spec(task, size, seed, scale))
         else:
             specs.append(_digit_spec(task, size, seed, scale))
+    # The first three families are dealt their sizes together (over the scripts whose fonts
+    # are installed), so leaving one out changes no other's; emoji, added later, deals its own.
+    specs = [s for s in specs if s.family in families]
+    if "emoji" in families:
+        from .emoji import read_emoji_tasks  # it imports this module's size helpers
+        specs += read_emoji_tasks(seed, scale)
     _link_related(specs)
     return specs
 
@@ -695,7 +709,10 @@ def render_glyph(ch: str, font_path: str, rng: np.random.Generator,
 # --------------------------------------------------------------------------- relatedness
 
 RELATED_JACCARD = 0.5  # pool tasks about mostly the same classes count as related
-RELATED_TREE_DISTANCE = 2  # scripts this close in the genealogy (siblings, parent) are related
+# Tasks this close in their family's tree are related: scripts that are siblings or parent and
+# child in the genealogy; an emoji group task and its subgroup tasks, which render the same emoji
+# (sibling subgroups share none).
+RELATED_TREE_DISTANCE = {"glyphs": 2, "emoji": 1}
 _COMBINATORIAL_GROUPS = {"one-vs-rest", "pair", "triple"}
 
 
@@ -712,9 +729,9 @@ def _pool_related(a: TaskSpec, b: TaskSpec) -> bool:
 def _link_related(specs: list[TaskSpec]) -> None:
     for family in FAMILIES:
         members = [s for s in specs if s.family == family]
-        if family == "glyphs":
-            def related(a, b):
-                return taxonomic_distance(a.taxonomy, b.taxonomy) <= RELATED_TREE_DISTANCE
+        if family in RELATED_TREE_DISTANCE:
+            def related(a, b, limit=RELATED_TREE_DISTANCE[family]):
+                return taxonomic_distance(a.taxonomy, b.taxonomy) <= limit
         else:
             related = _pool_related
         for a in members:
@@ -728,6 +745,14 @@ def _check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise Task2VecError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
+
+
+def _check_families(families) -> tuple[str, ...]:
+    if isinstance(families, str) or not isinstance(families, Sequence) or not families or not set(
+            families) <= set(FAMILIES):
+        raise Task2VecError(f"families must be a non-empty list of {', '.join(FAMILIES)}; "
+                            f"got {families!r}")
+    return tuple(families)
 
 
 def _check_path(path, what: str) -> tuple[str, ...]:
