@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE)
     b.add_argument("--maps", default="tsne,umap", help="2-D maps to compute (tsne,umap)")
+    b.add_argument("--families", help="demo library only: comma-separated families to build "
+                   "(default: all: fashion_mnist,glyphs,digits,emoji)")
     b.add_argument("--quiet", action="store_true")
 
     a = sub.add_parser("analyse", help="taxonomy and shared-domain checks of a library file")
@@ -122,8 +124,10 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _library_specs(args: argparse.Namespace):
     if args.library == "demo":
-        from .libraries.demo import read_demo_library
-        return read_demo_library(seed=args.seed)
+        from .libraries.demo import FAMILIES, read_demo_library
+        families = getattr(args, "families", None)  # build has --families; experts, matrix not
+        return read_demo_library(seed=args.seed, families=families.split(",") if families
+                                 else FAMILIES)
     if args.library == "paper":
         from .libraries.paper import read_paper_library
         if not args.root:

@@ -190,3 +190,11 @@ def test_families_leave_the_family_out(tmp_path, monkeypatch):
         with pytest.raises(Task2VecError, match="families"):
             read_demo_library(families=bad)
 
+
+def test_build_command_passes_families():
+    from precompute.__main__ import _library_specs, _parser
+
+    args = _parser().parse_args(["build", "demo", "--db", "x.duckdb", "--families", "emoji"])
+    assert {s.family for s in _library_specs(args)} == {"emoji"}
+    args = _parser().parse_args(["build", "demo", "--db", "x.duckdb"])
+    assert {s.family for s in _library_specs(args)} == set(FAMILIES)
