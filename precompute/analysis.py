@@ -33,9 +33,11 @@ class LibraryView:
     domain_distance: np.ndarray | None  # cosine distance of domain embeddings [n, n]
 
     @classmethod
-    def load(cls, path, method: str = "montecarlo") -> "LibraryView":
+    def load(cls, path, method: str | None = None) -> "LibraryView":
+        """``method``: the Fisher method to compare; default the library's own."""
         con = duckdb.connect(str(path), read_only=True)
         try:
+            method = method or store.task_method(store.get_info(con))
             ids, fisher = store.embedding_matrix(con, method)
             dom_ids, domain = store.embedding_matrix(con, "domain")
             rows = {r[0]: r[1:] for r in con.execute(
@@ -159,7 +161,7 @@ def markdown(result: dict) -> str:
         lines += [f"### {title} ({where}, {s['tasks']} tasks)", "",
                   f"Fraction of each task's {s['k']} nearest tasks that are related tasks:", "",
                   "| embedding | precision@k |", "|---|---|",
-                  f"| TASK2VEC (montecarlo, symmetric distance) | **{s['task2vec']:.3f}** |"]
+                  f"| TASK2VEC (symmetric distance) | **{s['task2vec']:.3f}** |"]
         if "domain" in s:
             lines.append(f"| domain embedding (cosine) | {s['domain']:.3f} |")
         lines += [f"| chance | {s['chance']:.3f} |", ""]

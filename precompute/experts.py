@@ -21,7 +21,7 @@ Why it is cheap enough for a 2-core CPU:
 
 An expert trained on several tasks has one linear head per source task over a shared tail
 (multi-task training), so the Fisher information of its training objective is the
-image-weighted mean of its source tasks' Fishers: that mean of the library's montecarlo
+image-weighted mean of its source tasks' Fishers: that mean of the library's Fisher
 embeddings is the expert's task embedding (``expert_embeddings``). The ImageNet expert's task
 (ImageNet) is not available here; as in the paper (section 3.4, "else we set it to zero") its
 Fisher is zero, i.e. its embedding is the trivial embedding.
@@ -434,7 +434,7 @@ def train_expert(tail: nn.Module, sources: Sequence[TaskFeatures], *, steps: int
 
 def expert_embedding(plan: ExpertPlan, info: dict, task_embeddings: dict[str, np.ndarray],
                      trivial_level: float) -> np.ndarray:
-    """The expert's task embedding: image-weighted mean of its sources' montecarlo embeddings
+    """The expert's task embedding: image-weighted mean of its sources' Fisher embeddings
     (the Fisher of its multi-head training objective); trivial for the ImageNet expert."""
     dim = len(next(iter(task_embeddings.values())))
     if plan.kind == "imagenet":
@@ -484,9 +484,10 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
     probe = probe or create(info["probe"])
     ws = Workspace(cache, info, probe, device)
     done = {r[0]: json.loads(r[1]) for r in con.execute("SELECT expert_id, meta FROM experts").fetchall()}
-    embeddings = dict(zip(*store.embedding_matrix(con, "montecarlo")))
+    method = store.task_method(info)
+    embeddings = dict(zip(*store.embedding_matrix(con, method)))
     trivial = con.execute("SELECT any_value(trivial_level) FROM embeddings "
-                          "WHERE method = 'montecarlo'").fetchone()[0]
+                          "WHERE method = ?", [method]).fetchone()[0]
     store.set_info(con, experts={**settings, "cache": str(ws.root)})
     stale = sorted(set(done) - {p.expert_id for p in plans})
     if stale:  # the library grew and the plan changed: the file's experts are the plan's
@@ -512,7 +513,7 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
                 "tail": type(ws.tail_template).__name__, "device": _device_name(ws.device),
                 "versions": _versions(), "weights_file": None, "weights_sha256": None,
                 "embedding": "imagenet: trivial (F = 0)" if plan.kind == "imagenet" else
-                "image-weighted mean of the sources' montecarlo embeddings"}
+                "image-weighted mean of the sources' Fisher embeddings"}
         if state is not None:
             path = ws.weights_file(plan.expert_id)
             tmp = path.with_name(path.name + ".tmp")

@@ -242,9 +242,10 @@ def load_selection_data(con) -> SelectionData:
                      "JOIN expert_embeddings ee USING (expert_id) ORDER BY e.expert_id").fetchall()
     if not ex:
         raise Task2VecError("the library has no experts: run python -m precompute experts, then matrix")
-    task_ids, task_values = store.embedding_matrix(cur, "montecarlo")
+    method = store.task_method(store.get_info(cur))
+    task_ids, task_values = store.embedding_matrix(cur, method)
     meta = cur.execute("SELECT task_id, norm, seconds, trivial_level FROM embeddings "
-                       "WHERE method = 'montecarlo' ORDER BY task_id").fetchall()
+                       "WHERE method = ? ORDER BY task_id", [method]).fetchall()
     n_test = dict(cur.execute("SELECT task_id, num_test FROM tasks").fetchall())
     e_index = {r[0]: i for i, r in enumerate(ex)}
     t_index = {t: j for j, t in enumerate(task_ids)}
@@ -628,8 +629,8 @@ def rank_experts(con, embedding: TaskEmbedding, selector: str = "model2vec") -> 
     Args:
         con: a (read-only) duckdb connection or cursor to a library file with experts and,
             for ``task2vec_asym``, ``model2vec`` and ``static_prior``, an evaluation.
-        embedding: the task's montecarlo :class:`TaskEmbedding`, made with the library's probe
-            and input size.
+        embedding: the task's Fisher :class:`TaskEmbedding`, made with the library's probe,
+            input size and Fisher method (``store.task_method``).
         selector: one of :data:`EMBEDDING_SELECTORS`.
 
     Returns:
@@ -644,8 +645,10 @@ def rank_experts(con, embedding: TaskEmbedding, selector: str = "model2vec") -> 
     cur = con.cursor()
     info = store.get_info(cur)
     values = np.asarray(getattr(embedding, "values", embedding), dtype=np.float32)
-    if getattr(embedding, "method", "montecarlo") not in FISHER_METHODS:
-        raise Task2VecError(f"a {embedding.method} embedding cannot rank experts; use montecarlo")
+    method = getattr(embedding, "method", store.task_method(info))
+    if method not in FISHER_METHODS:
+        raise Task2VecError(f"a {method} embedding cannot rank experts; use the library's "
+                            f"Fisher method, {store.task_method(info)}")
     if getattr(embedding, "probe", info.get("probe")) != info.get("probe"):
         raise Task2VecError(f"the embedding was made with probe {embedding.probe}, the library "
                             f"with {info.get('probe')}: embed the task with the library's probe")

@@ -84,6 +84,12 @@ def get_info(con: duckdb.DuckDBPyConnection) -> dict:
     return {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM library_info").fetchall()}
 
 
+def task_method(info: dict) -> str:
+    """The library's task-embedding Fisher method: the first of its build methods that is not
+    ``domain``. Files built before the Rademacher estimator record ``montecarlo``."""
+    return next((m for m in info.get("methods") or () if m != "domain"), "montecarlo")
+
+
 def done_task_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0] for r in con.execute("SELECT task_id FROM tasks").fetchall()}
 
@@ -213,9 +219,10 @@ def open_library(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBP
         if not {"library_info", "tasks", "embeddings"} <= tables:
             raise Task2VecError(f"{path} is not a task library (no embeddings table)")
         info = get_info(con)
-        if not con.execute("SELECT count(*) FROM embeddings WHERE method = 'montecarlo'").fetchone()[0]:
-            raise Task2VecError(f"{path} has no montecarlo task embeddings; build it with "
-                                "--methods montecarlo,domain")
+        method = task_method(info)
+        if not con.execute("SELECT count(*) FROM embeddings WHERE method = ?", [method]).fetchone()[0]:
+            raise Task2VecError(f"{path} has no {method} task embeddings; build it with "
+                                f"--methods {method},domain")
         if not read_only:
             con.execute(expert_schema(int(info["filters"])))
     except BaseException:
