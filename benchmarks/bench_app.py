@@ -56,7 +56,7 @@ def synthetic_library(path: Path, n_tasks: int = 1500, families: int = 12, seed:
     rng = np.random.default_rng(seed)
     con = store.connect(tmp, FILTERS)
     store.set_info(con, library="synthetic-1500 (timing only, random embeddings)",
-                   probe="efficientnet_lite0", methods=["montecarlo", "domain"], input_size=64,
+                   probe="efficientnet_lite0", methods=["rademacher", "domain"], input_size=64,
                    seed=seed, filters=FILTERS, layers=[["synthetic", FILTERS]],
                    schema_version=store.SCHEMA_VERSION)
     fam = rng.integers(0, families, n_tasks)
@@ -72,7 +72,7 @@ def synthetic_library(path: Path, n_tasks: int = 1500, families: int = 12, seed:
                       sum(counts) // 4, "{}"))
         fisher = (trivial + 1e-4 * np.exp(profiles[f] + 0.7 * rng.normal(size=FILTERS))).astype(np.float32)
         domain = (profiles[f] + 0.3 * rng.normal(size=FILTERS)).astype(np.float32)
-        for method, v in (("montecarlo", fisher), ("domain", domain)):
+        for method, v in (("rademacher", fisher), ("domain", domain)):
             emb_ids.append(tid)
             emb_methods.append(method)
             values.append(store.encode(v))

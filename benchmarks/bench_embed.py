@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import platform
 import statistics
 import sys
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.stats import pearsonr, spearmanr
 
-from precompute import embed, probes
+from precompute import distances, embed, probes
 from precompute.tasks import TaskData, load_task
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -99,19 +100,23 @@ def bench_cpu(repeats: int) -> None:
         samples, batch = e.meta["fisher_samples"], e.meta["batch_size"]
         floor = floor_seconds(probes.create("efficientnet_lite0"), task, samples, batch,
                               torch.device("cpu"), amp=False)
-        fisher_s = statistics.median(r[1].meta["timings_s"]["montecarlo_s"] for r in results)
+        key = f"{e.method}_s"
+        fisher_s = statistics.median(r[1].meta["timings_s"][key] for r in results)
         long = embed(task, probe, seed=100, fisher_samples=10 * samples)
     total = statistics.median(totals)
     print(f"machine   : {platform.processor() or platform.machine()}, torch threads "
           f"{torch.get_num_threads()}, torch {torch.__version__}")
     print(f"task      : Fashion-MNIST, {task.size} images, {task.num_classes} classes, PNG on disk")
-    print(f"probe     : efficientnet_lite0 (ImageNet), input 64 px, {samples} Fisher samples, batch {batch}")
+    print(f"probe     : efficientnet_lite0 (ImageNet), input 64 px, {e.method} Fisher, "
+          f"{samples} samples, batch {batch}")
     t = results[0][1].meta["timings_s"]
     print(f"stages    : load {results[0][0]:.2f}s  features {t['features_s']:.2f}s  "
-          f"head {t['head_s']:.2f}s  fisher {t['montecarlo_s']:.2f}s   (first of {repeats})")
+          f"head {t['head_s']:.2f}s  fisher {t[key]:.2f}s   (first of {repeats})")
     print(f"end to end: median {total:.2f} s over {repeats} runs (target <= 10 s)")
     print(f"floor     : forward+backward of {samples} samples {floor:.2f} s; "
           f"fisher / floor = {fisher_s / floor:.2f}x")
+    noise = [distances.symmetric(a[1], b[1]) for a, b in itertools.combinations(results, 2)]
+    print(f"noise     : d_sym between runs with seeds 0..{repeats - 1}: mean {np.mean(noise):.4f}")
     log_a, log_b = np.log(e.values), np.log(long.values)
     print(f"agreement : default vs {10 * samples}-sample run: Spearman "
           f"{spearmanr(e.values, long.values).statistic:.3f}, Pearson(log) "
@@ -134,7 +139,7 @@ def bench_gpu(repeats: int, device: str) -> None:
         e = embed(task, probe, seed=seed, **opts)
         _sync(dev)
         times.append(time.perf_counter() - t0)
-        fishers.append(e.meta["timings_s"]["montecarlo_s"])
+        fishers.append(e.meta["timings_s"][f"{e.method}_s"])
     floor = min(floor_seconds(probes.create("resnet34", pretrained=False), task, 10_000, 256, dev,
                               amp=True) for _ in range(2))
     total = statistics.median(times)

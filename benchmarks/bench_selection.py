@@ -2,7 +2,7 @@
 
 Ours: `precompute.selection.rank_experts` for every embedding-only selector, on a library file
 with experts and an evaluation (default: the shipped data/demo.duckdb), for tasks of the file
-taken as if new (their stored montecarlo embeddings). The baseline is brute force: a linear
+taken as if new (their stored Fisher embeddings). The baseline is brute force: a linear
 classifier on every expert's features for the task; its seconds per task are the ones the
 `matrix` stage measured and stored in `performance.seconds` (features + classifier, summed over
 the experts), because rerunning it needs the expert weights, which live outside git.
@@ -31,7 +31,8 @@ def main() -> None:
     args = ap.parse_args()
     con = duckdb.connect(str(args.db), read_only=True)
     info = store.get_info(con)
-    ids, values = store.embedding_matrix(con, "montecarlo")
+    method = store.task_method(info)
+    ids, values = store.embedding_matrix(con, method)
     pick = np.random.default_rng(0).choice(len(ids), min(args.tasks, len(ids)), replace=False)
     brute = dict(con.execute("SELECT task_id, sum(seconds) FROM performance GROUP BY 1").fetchall())
     n_experts = con.execute("SELECT count(*) FROM experts").fetchone()[0]
@@ -40,7 +41,7 @@ def main() -> None:
     for selector in EMBEDDING_SELECTORS:
         times = []
         for i in pick:
-            e = TaskEmbedding(values[i], "montecarlo", info["probe"], [],
+            e = TaskEmbedding(values[i], method, info["probe"], [],
                               {"input_size": info["input_size"]})
             t0 = time.perf_counter()
             ranking = rank_experts(con, e, selector=selector)

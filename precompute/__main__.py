@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import Task2VecError
 from .probes import DEFAULT_PROBE, available
-from .task2vec import DEFAULT_INPUT_SIZE, METHODS, TaskEmbedding
+from .task2vec import DEFAULT_INPUT_SIZE, DEFAULT_METHOD, METHODS, TaskEmbedding
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,11 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="task folder, .zip or .csv")
     p.add_argument("--probe", default=DEFAULT_PROBE, choices=available())
     p.add_argument("--weights", help="probe state-dict file (default: the installed weights)")
-    p.add_argument("--method", default="montecarlo", choices=METHODS)
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                   help=f"Fisher estimator or domain (default: {DEFAULT_METHOD}; montecarlo: the "
+                   "paper's sampled labels)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE, help="image side in pixels")
-    p.add_argument("--samples", type=int, help="Fisher samples (default: one pass, 1,000-10,000)")
+    p.add_argument("--samples", type=int, help="Fisher samples (default: one pass, 500-10,000)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--out", help="output .npz (default: <task>.task2vec.npz here)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -35,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--root", help="dataset root (for the paper library)")
     b.add_argument("--db", required=True, help="output DuckDB file (replaced atomically when done)")
     b.add_argument("--probe", default=DEFAULT_PROBE, choices=available())
-    b.add_argument("--methods", default="montecarlo,domain",
-                   help="comma-separated embedding methods (default: montecarlo,domain)")
+    b.add_argument("--methods", default=f"{DEFAULT_METHOD},domain",
+                   help=f"comma-separated embedding methods (default: {DEFAULT_METHOD},domain)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--input-size", type=int, default=DEFAULT_INPUT_SIZE)
@@ -122,25 +124,26 @@ def _embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _library_specs(args: argparse.Namespace):
+def _library_specs(args: argparse.Namespace, seed: int):
+    """The specs of LIBRARY, read with ``seed`` (it picks each task's images and splits)."""
     if args.library == "demo":
         from .libraries.demo import FAMILIES, read_demo_library
         families = getattr(args, "families", None)  # build has --families; experts, matrix not
-        return read_demo_library(seed=args.seed, families=families.split(",") if families
+        return read_demo_library(seed=seed, families=families.split(",") if families
                                  else FAMILIES)
     if args.library == "paper":
         from .libraries.paper import read_paper_library
         if not args.root:
             raise Task2VecError("the paper library needs --root DIR (where the datasets are)")
-        return read_paper_library(args.root)
+        return read_paper_library(args.root, seed=seed)
     from .libraries.user import read_user_library
-    return read_user_library(args.library, seed=args.seed)
+    return read_user_library(args.library, seed=seed)
 
 
 def _build(args: argparse.Namespace) -> int:
     from .build import build_library
 
-    specs = _library_specs(args)
+    specs = _library_specs(args, args.seed)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     maps = [m.strip() for m in args.maps.split(",") if m.strip()]
     db = build_library(specs, args.db, library=args.library, probe=args.probe, methods=methods,
@@ -171,11 +174,7 @@ def _library_specs_of(args: argparse.Namespace) -> list:
     if Path(str(info.get("library"))).name != Path(args.library).name:
         raise Task2VecError(f"{args.db} was built from library {info.get('library')!r}, "
                             f"not {args.library!r}")
-    saved, args.seed = getattr(args, "seed", None), int(info.get("seed", 0))
-    try:
-        return _library_specs(args)
-    finally:
-        args.seed = saved
+    return _library_specs(args, int(info.get("seed", 0)))
 
 
 def _experts(args: argparse.Namespace) -> int:

@@ -74,6 +74,33 @@ def taxonomy_correlation(dist: np.ndarray, tax: np.ndarray) -> tuple[float, floa
     return float(result.statistic), float(result.pvalue)
 
 
+def bootstrap_correlation(dist: np.ndarray, other: np.ndarray, *, draws: int = 1000,
+                          seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Interval of the Spearman rho of :func:`taxonomy_correlation` from a bootstrap over tasks.
+
+    Pairs are not independent (each task is in n - 1 of them), so the resampling unit is the
+    task: draw n tasks with replacement and correlate over the pairs of distinct draws.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(dist)
+    rhos = []
+    for _ in range(draws):
+        pick = rng.integers(0, n, n)
+        i, j = np.triu_indices(n, 1)
+        keep = pick[i] != pick[j]
+        a, b = pick[i][keep], pick[j][keep]
+        rhos.append(spearmanr(dist[a, b], other[a, b]).statistic)
+    lo, hi = np.nanquantile(rhos, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def size_correlation(dist: np.ndarray, sizes) -> float:
+    """Spearman rho of the distance with |log size ratio| over task pairs: how much a distance
+    measures how many images two tasks have rather than what they ask (0 is the goal)."""
+    log_size = np.log(np.asarray(sizes, dtype=float))
+    return taxonomy_correlation(dist, np.abs(log_size[:, None] - log_size[None, :]))[0]
+
+
 def neighbourhood_curve(dist: np.ndarray, tax: np.ndarray, max_k: int | None = None) -> dict:
     """Mean taxonomic distance from each task to its k nearest tasks, k = 1..max_k.
 

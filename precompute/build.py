@@ -25,7 +25,7 @@ from . import distances, store
 from .errors import Task2VecError
 from .libraries import TaskSpec, task_data
 from .probes import DEFAULT_PROBE, create
-from .task2vec import DEFAULT_INPUT_SIZE, FISHER_METHODS, METHODS, embed_methods, _versions
+from .task2vec import DEFAULT_INPUT_SIZE, DEFAULT_METHOD, FISHER_METHODS, METHODS, embed_methods, _versions
 
 THUMBNAILS_PER_TASK = 6
 
@@ -36,7 +36,7 @@ def task_seed(seed: int, task_id: str) -> int:
 
 
 def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: str,
-                  probe: str = DEFAULT_PROBE, methods: Sequence[str] = ("montecarlo", "domain"),
+                  probe: str = DEFAULT_PROBE, methods: Sequence[str] = (DEFAULT_METHOD, "domain"),
                   input_size: int = DEFAULT_INPUT_SIZE, device: str = "cpu", seed: int = 0,
                   maps: Sequence[str] = ("tsne", "umap"), progress: bool = True) -> Path:
     """Embed ``specs`` into the DuckDB file ``db``, published atomically.
@@ -53,7 +53,7 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
     if bad:
         raise Task2VecError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
     if not any(m in FISHER_METHODS for m in methods):
-        raise Task2VecError("methods must include montecarlo or variational")
+        raise Task2VecError(f"methods must include a Fisher method ({', '.join(FISHER_METHODS)})")
     ids = [s.task_id for s in specs]
     if len(set(ids)) != len(ids):
         raise Task2VecError("task ids of the library are not unique")

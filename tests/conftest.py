@@ -106,7 +106,7 @@ def app_task_specs(digits, fashion) -> list:
 @pytest.fixture(scope="session")
 def app_library(digits, fashion, tmp_path_factory) -> Path:
     """A real library file for the explorer tests: 8 tasks embedded with the default probe at
-    32 px (montecarlo + domain), t-SNE and UMAP maps, thumbnails; no experts."""
+    32 px (rademacher + domain), t-SNE and UMAP maps, thumbnails; no experts."""
     from precompute.build import build_library
 
     db = tmp_path_factory.mktemp("app") / "app.duckdb"

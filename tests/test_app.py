@@ -86,7 +86,7 @@ def points(chart: dict) -> dict[str, str]:
 def library(app_library):
     con = duckdb.connect(str(app_library), read_only=True)
     try:
-        ids, fisher = store.embedding_matrix(con, "montecarlo")
+        ids, fisher = store.embedding_matrix(con, "rademacher")
         tasks = con.execute("SELECT task_id, name, family, taxonomy, num_train FROM tasks "
                             "ORDER BY task_id").df().set_index("task_id")
     finally:
@@ -134,7 +134,7 @@ def test_colour_by_norm_is_one_continuous_trace(app_library, library):
     traces = charts(at)[0]["data"]
     assert len(traces) == 1 and traces[0]["marker"]["colorscale"]
     con = duckdb.connect(str(app_library), read_only=True)
-    norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method='montecarlo'").fetchall())
+    norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method='rademacher'").fetchall())
     con.close()
     shown = {cd[0]: c for cd, c in zip(traces[0]["customdata"], arr(traces[0]["marker"]["color"]))}
     assert shown == pytest.approx(norms)
@@ -327,6 +327,17 @@ def test_shipped_library_pages_show_its_real_matrix_and_table1():
     assert len(table(at, "test error (%)")) == min(n_experts, 10)
 
 
+def test_a_library_built_with_sampled_labels_says_so_and_uploads_use_its_method():
+    """data/demo.duckdb was built with the paper's montecarlo estimator, before the Rademacher
+    default: it opens as before, names its estimator, and an upload into it is embedded with
+    montecarlo, so that its distances to the library's tasks stay comparable."""
+    from explorer import store as lib_store, upload
+
+    at = open_app(SHIPPED)
+    assert "montecarlo Fisher embedding" in at.caption[0].value
+    assert upload.embed_methods_for(lib_store.open_library(SHIPPED)) == ("montecarlo", "domain")
+
+
 @pytest.mark.parametrize("page", ["difficulty", "selection", "card"])
 def test_experts_without_a_matrix_say_which_command_fills_it(app_library_experts, tmp_path, page):
     import shutil
@@ -355,7 +366,7 @@ def test_difficulty_page_correlation_of_norm_and_best_error(app_library_experts,
     errors = app_expert_errors(library["ids"])
     best = [min(v for (e, t), v in errors.items() if t == tid) for tid in library["ids"]]
     con = duckdb.connect(str(app_library_experts), read_only=True)
-    norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method='montecarlo'").fetchall())
+    norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method='rademacher'").fetchall())
     con.close()
     rho = spearmanr([norms[t] for t in library["ids"]], best).statistic
     metrics = {m.label: m.value for m in at.metric}
@@ -478,7 +489,7 @@ def test_upload_is_placed_among_its_nearest_tasks(app_library, digits, tmp_path)
 
     (tmp_path / "e.npz").write_bytes(result["embedding_npz"])
     emb = TaskEmbedding.load(tmp_path / "e.npz")
-    assert emb.method == "montecarlo" and emb.meta["input_size"] == 32
+    assert emb.method == "rademacher" and emb.meta["input_size"] == 32
     assert emb.values.shape == (library_filters(app_library),)
 
 

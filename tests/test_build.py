@@ -56,7 +56,7 @@ def test_build_writes_every_table(digits, reference):
     assert task[3] == ["digits", "pair", task[0].split("/")[1]]  # taxonomy path
     assert task[6] == 30 and task[7] == 10  # num_train, num_test
     methods = {(t, m) for t, m, *_ in reference["embeddings"]}
-    assert len(methods) == 12 and {m for _, m in methods} == {"montecarlo", "domain"}
+    assert len(methods) == 12 and {m for _, m in methods} == {"rademacher", "domain"}
     value = store.decode(np.asarray(reference["embeddings"][1][2]))
     assert value.shape == (42016,) and np.all(value > 0)
     assert reference["embeddings"][1][3] == pytest.approx(1e-2 / 1000)  # (beta / N0) / lambda^2
@@ -71,7 +71,7 @@ def test_build_stores_each_tasks_nearest_tasks_by_symmetric_distance(reference):
     here pair by pair from the stored embeddings (paper section 3.3)."""
     from precompute import distances
 
-    fisher = {t: store.decode(np.asarray(v)) for t, m, v, _ in reference["embeddings"] if m == "montecarlo"}
+    fisher = {t: store.decode(np.asarray(v)) for t, m, v, _ in reference["embeddings"] if m == "rademacher"}
     stored = {}
     for task, rank, other, dist in reference["neighbours"]:
         stored.setdefault(task, []).append((rank, other, dist))

@@ -168,7 +168,7 @@ def test_save_and_load_round_trip(tmp_path, digits_task):
     back = TaskEmbedding.load(path)
     np.testing.assert_array_equal(back.values, e.values)
     np.testing.assert_array_equal(back.trivial, e.trivial)
-    assert back.layers == e.layers and back.meta == e.meta and back.method == "montecarlo"
+    assert back.layers == e.layers and back.meta == e.meta and back.method == "rademacher"
     assert [p.name for p in tmp_path.iterdir()] == ["e.npz"]  # no temporary left behind
     (tmp_path / "bad.npz").write_bytes(b"junk")
     with pytest.raises(Task2VecError, match="not a task embedding"):
