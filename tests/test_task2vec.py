@@ -183,3 +183,12 @@ def test_bad_arguments(digits_task):
     if not torch.cuda.is_available():
         with pytest.raises(Task2VecError, match="no CUDA"):
             embed(digits_task, tiny_probe(), input_size=SIDE, device="cuda")
+
+
+def test_each_fisher_method_draws_from_its_own_seeded_stream(digits_task):
+    """variational gives the same values whether or not another method ran before it."""
+    probe = tiny_probe()
+    alone = embed(digits_task, probe, method="variational", input_size=SIDE, variational_steps=20)
+    after = embed_methods(digits_task, probe, methods=("rademacher", "variational"),
+                          input_size=SIDE, variational_steps=20)["variational"]
+    np.testing.assert_array_equal(alone.values, after.values)
