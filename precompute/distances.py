@@ -118,20 +118,54 @@ def symmetric_matrix(a, b=None) -> np.ndarray:
     return out
 
 
+def complexity(sources, trivial) -> np.ndarray:
+    """``[n_sources]`` d_sym(source, t0), the term d_asym subtracts (the source's distance from
+    the trivial embedding). ``trivial`` is one trivial embedding shared by all sources, one per
+    source ``[n, d]``, or a number (the isotropic trivial embedding's value, as stored)."""
+    sources = _as_matrix(sources, "sources")
+    if isinstance(trivial, (int, float, np.number)):
+        trivial = np.full((1, sources.shape[1]), float(trivial), np.float32)
+    trivial = _as_matrix(trivial, "trivial")
+    if trivial.shape[0] == 1:
+        return symmetric_matrix(sources, trivial)[:, 0]
+    if trivial.shape == sources.shape:
+        return np.array([symmetric(s, t) for s, t in zip(sources, trivial)])
+    raise Task2VecError("trivial must be one embedding or one per source")
+
+
+def asymmetric_from_symmetric(dsym: np.ndarray, source_complexity: np.ndarray,
+                              alpha: float = DEFAULT_ALPHA) -> np.ndarray:
+    """d_asym(source -> target) from ``[n_sources, n_targets]`` d_sym and :func:`complexity`:
+    the one place the two terms are composed (callers that already hold d_sym reuse it)."""
+    return dsym - alpha * source_complexity[:, None]
+
+
 def asymmetric_matrix(sources, targets, trivial, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
     """``[n_sources, n_targets]`` of d_asym(source -> target).
 
     ``trivial`` is one trivial embedding shared by all sources, or one per source ``[n, d]``.
     """
-    sources = _as_matrix(sources, "sources")
-    trivial = _as_matrix(trivial, "trivial")
-    if trivial.shape[0] == 1:
-        complexity = symmetric_matrix(sources, trivial)[:, 0]
-    elif trivial.shape == sources.shape:
-        complexity = np.array([symmetric(s, t) for s, t in zip(sources, trivial)])
-    else:
-        raise Task2VecError("trivial must be one embedding or one per source")
-    return symmetric_matrix(sources, targets) - alpha * complexity[:, None]
+    return asymmetric_from_symmetric(symmetric_matrix(sources, targets),
+                                     complexity(sources, trivial), alpha)
+
+
+def symmetric_torch(a, b):
+    """d_sym between broadcast positive torch tensors over the last axis, differentiable (for
+    Model2Vec's gradient); the same formula as :func:`symmetric`, without its 0/0 handling
+    and clipping (tested against it)."""
+    import torch
+
+    x = a / (a + b)
+    k = x.shape[-1]
+    sx, sxx = x.sum(-1), (x * x).sum(-1)
+    return 1 - (sx - sxx) / torch.sqrt((sxx * (k - 2 * sx + sxx)).clamp_min(1e-30))
+
+
+def asymmetric_torch(sources, targets, trivial, alpha: float = DEFAULT_ALPHA):
+    """``[n_sources, n_targets]`` d_asym(source -> target) in torch (see :func:`asymmetric_matrix`);
+    ``trivial`` ``[n_sources, d]``, one trivial embedding per source."""
+    return (symmetric_torch(sources[:, None], targets[None])
+            - alpha * symmetric_torch(sources, trivial)[:, None])
 
 
 def cosine_matrix(a, b=None) -> np.ndarray:

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import store
+from . import store, transfer
 from .errors import Task2VecError
 from .libraries import TaskSpec, task_data
 from .probes import Probe, create
@@ -61,9 +61,6 @@ BATCH_SIZE = 64
 EXPERT_MAX_IMAGES = 2000  # training images per expert (union of its sources, stratified)
 TAIL_LR, HEAD_LR = 5e-4, 5e-3  # Adam, cosine decay
 MAX_TRAIN, MAX_TEST = 1000, 500  # images per task in the performance matrix
-LINEAR_L2 = 1e-2  # L2 weight of the linear classifier (mean cross-entropy + l2/2 ||W||^2)
-LINEAR_MAX_ITER = 100
-KNN_K = 5
 COMMIT_EVERY = 25  # tasks per transaction in the matrix
 
 
@@ -141,60 +138,7 @@ def plan_experts(specs: Sequence[TaskSpec], num_experts: int = DEFAULT_EXPERTS,
 
 
 # ----------------------------------------------------------------------------------------------
-# trunk and tail of the probe
-
-
-class _LiteTrunk(nn.Module):
-    def __init__(self, backbone, split: int):
-        super().__init__()
-        self.stem, self.bn0 = backbone._conv_stem, backbone._bn0
-        self.blocks = nn.ModuleList(backbone._blocks[:split])
-
-    def forward(self, x):
-        x = F.relu6(self.bn0(self.stem(x)))
-        for b in self.blocks:
-            x = b(x)
-        return x
-
-
-class _LiteTail(nn.Module):
-    def __init__(self, backbone, split: int):
-        super().__init__()
-        self.blocks = nn.ModuleList(backbone._blocks[split:])
-        self.head, self.bn = backbone._conv_head, backbone._bn1
-
-    def forward(self, x):
-        for b in self.blocks:
-            x = b(x)
-        return F.relu6(self.bn(self.head(x))).mean(dim=(2, 3))
-
-
-class _Pooled(nn.Sequential):
-    def forward(self, x):
-        x = super().forward(x)
-        return x.mean(dim=(2, 3)) if x.dim() == 4 else x.flatten(1)
-
-
-def split_probe(probe: Probe) -> tuple[nn.Module, nn.Module]:
-    """(trunk, tail) with ``tail(trunk(x)) == probe.backbone(x)``; both share the probe's weights.
-
-    EfficientNet-Lite: the tail is the last block (stage 7) and the head convolution; ResNet:
-    ``layer4``; a plain ``nn.Sequential`` backbone: from its last convolution on.
-    """
-    bb = probe.backbone
-    from .probes.efficientnet_lite import _STAGES, EfficientNetLiteBackbone
-
-    if isinstance(bb, EfficientNetLiteBackbone):
-        split = len(bb._blocks) - _STAGES[-1][0]  # the last stage's repeats are not scaled
-        return _LiteTrunk(bb, split), _LiteTail(bb, split)
-    if hasattr(bb, "layer4") and hasattr(bb, "layer3"):  # torchvision ResNet
-        trunk = nn.Sequential(bb.conv1, bb.bn1, bb.relu, bb.maxpool, bb.layer1, bb.layer2, bb.layer3)
-        return trunk, _Pooled(bb.layer4)
-    if isinstance(bb, nn.Sequential):
-        convs = [i for i, m in enumerate(bb) if isinstance(m, nn.Conv2d)]
-        if convs:
-            return nn.Sequential(*bb[:convs[-1]]), _Pooled(*bb[convs[-1]:])
-    raise Task2VecError(f"probe {probe.name!r} cannot be split into a frozen trunk and a tail")
+# images and their cached trunk activations (the cut is the probe's own: Probe.split)
 
 
 def image_keys(images: torch.Tensor) -> list[str]:
@@ -264,7 +208,7 @@ class Workspace:
             (self.root / "weights").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise Task2VecError(f"cannot create cache folder {self.root}: {exc.strerror}") from None
-        self.trunk_net, self.tail_template = split_probe(probe)
+        self.trunk_net, self.tail_template = probe.split()
         self.trunk_net = self.trunk_net.to(self.device).eval().requires_grad_(False)
         self._trunk_memo: dict[str, np.ndarray] = {}  # key -> activations, within this run
 
@@ -399,7 +343,8 @@ def train_expert(tail: nn.Module, sources: Sequence[TaskFeatures], *, steps: int
     mask = torch.full((len(sources), offsets[-1]), float("-inf"), device=device)
     for j in range(len(sources)):
         mask[j, offsets[j]:offsets[j + 1]] = 0.0
-    torch.manual_seed(seed)
+    # Nothing below draws from the global generator that matters: the head's random init is
+    # zeroed, the tail has no dropout, and batches come from ``gen``.
     net = copy.deepcopy(tail).to(device).train().requires_grad_(True)
     dim = net(x[:2]).shape[1]
     head = nn.Linear(dim, offsets[-1]).to(device)
@@ -559,64 +504,6 @@ def tail_features(tail: nn.Module, trunk: np.ndarray, device: torch.device) -> n
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 num_classes: int, l2: float = LINEAR_L2) -> tuple[float, float]:
-    """(train error, test error) of multinomial logistic regression on standardised features.
-
-    Mean cross-entropy + (l2 / 2) ||W||^2, full-batch L-BFGS from zero: deterministic. With
-    fewer images than features the weights are solved as W = X^T A (the L2 optimum lies in the
-    span of the training features), an n x n problem with the same solution.
-    """
-    x = torch.from_numpy(train_x).double()
-    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
-    x = (x - mean) / std
-    xt = (torch.from_numpy(test_x).double() - mean) / std
-    y = torch.from_numpy(train_y)
-    dual = x.shape[0] < x.shape[1]
-    if dual:
-        gram, test_gram = x @ x.T, xt @ x.T
-    w = torch.zeros(x.shape[0] if dual else x.shape[1], num_classes, dtype=torch.float64,
-                    requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=LINEAR_MAX_ITER, history_size=10,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
-
-    def logits(test: bool):
-        if dual:
-            return (test_gram if test else gram) @ w + b
-        return (xt if test else x) @ w + b
-
-    def closure():
-        opt.zero_grad()
-        penalty = (w * (gram @ w)).sum() if dual else w.square().sum()
-        loss = F.cross_entropy(logits(False), y) + 0.5 * l2 * penalty
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        train_err = float((logits(False).argmax(1) != y).double().mean())
-        test_err = float((logits(True).argmax(1) != torch.from_numpy(test_y)).double().mean())
-    return train_err, test_err
-
-
-def knn_accuracy(features: np.ndarray, labels: np.ndarray, k: int = KNN_K) -> float:
-    """Leave-one-out k-NN accuracy (cosine similarity, standardised features, majority vote)."""
-    n = len(labels)
-    if n < 2:
-        return 0.0
-    x = features - features.mean(0)
-    x = x / np.maximum(x.std(0), 1e-6)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    sim = x @ x.T
-    np.fill_diagonal(sim, -np.inf)
-    k = min(k, n - 1)
-    nn_idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    votes = np.zeros((n, int(labels.max()) + 1))
-    np.add.at(votes, (np.repeat(np.arange(n), k), labels[nn_idx].ravel()), 1.0)
-    return float((votes.argmax(1) == labels).mean())
-
-
 def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device: str = "cpu",
                    max_train: int = MAX_TRAIN, max_test: int = MAX_TEST, progress: bool = True,
                    probe: Probe | None = None) -> dict:
@@ -628,14 +515,13 @@ def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device:
     """
     from tqdm.auto import tqdm
 
-    from .selection import logme
-
     info, by_id, db_tasks = _library_state(con, specs)
     experts = [(r[0], json.loads(r[1])) for r in
                con.execute("SELECT expert_id, meta FROM experts ORDER BY expert_id").fetchall()]
     if not experts:
         raise Task2VecError("the library has no experts yet: run python -m precompute experts first")
-    settings = {"max_train": max_train, "max_test": max_test, "l2": LINEAR_L2, "knn_k": KNN_K}
+    settings = {"max_train": max_train, "max_test": max_test, "l2": transfer.LINEAR_L2,
+                "knn_k": transfer.KNN_K}
     old = info.get("matrix")
     if old and {k: old.get(k) for k in settings} != settings:
         raise Task2VecError("the performance matrix was started with other settings "
@@ -683,14 +569,14 @@ def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device:
             f = feats[t]
             x = {s: features[[index[k] for k in f.keys[s]]] for s in ("train", "test")}
             t1 = time.perf_counter()
-            train_err, test_err = linear_probe(x["train"], f.labels["train"], x["test"],
-                                               f.labels["test"], f.num_classes)
+            train_err, test_err = transfer.linear_probe(x["train"], f.labels["train"], x["test"],
+                                                        f.labels["test"], f.num_classes)
             fit_s = time.perf_counter() - t1
             t1 = time.perf_counter()
-            lm = logme(x["train"], f.labels["train"])
+            lm = transfer.logme(x["train"], f.labels["train"])
             logme_s = time.perf_counter() - t1
             t1 = time.perf_counter()
-            knn = knn_accuracy(x["train"], f.labels["train"])
+            knn = transfer.knn_accuracy(x["train"], f.labels["train"])
             knn_s = time.perf_counter() - t1
             n_images = len(f.keys["train"]) + len(f.keys["test"])
             feature_s = n_images * (per_image + f.trunk_seconds_per_image)

@@ -73,3 +73,29 @@ def test_bad_embeddings_are_refused(a, b, phrase):
         distances.symmetric(a, b)
     with pytest.raises(Task2VecError, match=phrase):
         distances.symmetric_matrix(a, b)
+
+
+def test_the_torch_variant_is_the_same_formula():
+    """Model2Vec needs d_sym and d_asym differentiable: the torch variant against the numpy one."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    src, tgt = rng.gamma(1.0, 1.0, (3, 50)) + 1e-3, rng.gamma(1.0, 1.0, (4, 50)) + 1e-3
+    sym = distances.symmetric_torch(torch.from_numpy(src)[:, None], torch.from_numpy(tgt)[None])
+    np.testing.assert_allclose(sym.numpy(), [[distances.symmetric(a, b) for b in tgt] for a in src],
+                               atol=1e-6)
+    t0 = np.full_like(src, 0.5)
+    asym = distances.asymmetric_torch(torch.from_numpy(src), torch.from_numpy(tgt),
+                                      torch.from_numpy(t0), alpha=0.15)
+    np.testing.assert_allclose(asym.numpy(), distances.asymmetric_matrix(src, tgt, t0[:1], 0.15),
+                               atol=1e-5)
+
+
+def test_asymmetric_from_symmetric_composes_the_two_terms():
+    dsym = distances.symmetric_matrix(np.stack([A, B]), T0[None])
+    complexity = distances.complexity(np.stack([A, B]), 1.0)  # isotropic trivial, as stored
+    np.testing.assert_allclose(complexity, [distances.symmetric(A, T0), distances.symmetric(B, T0)],
+                               atol=1e-6)
+    np.testing.assert_allclose(distances.asymmetric_from_symmetric(dsym, complexity, 0.15)[:, 0],
+                               [distances.asymmetric(A, T0, T0), distances.asymmetric(B, T0, T0)],
+                               atol=1e-6)

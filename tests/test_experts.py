@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import expect_error, fashion_test_images
-from precompute import build, experts, selection, store
+from precompute import build, experts, selection, selectors, store, transfer
 from precompute.errors import Task2VecError
 from precompute.libraries import TaskSpec
 from precompute.libraries.user import read_user_library
@@ -109,17 +109,20 @@ def test_demo_library_gets_at_least_15_experts_plus_imagenet():
     assert families == {"fashion_mnist", "glyphs", "digits", "emoji"}  # every family has one
     ids = {s.task_id for s in specs}
     for p in plans[1:]:
-        assert 1 <= len(p.source_tasks) <= experts.DEFAULT_SOURCES and set(p.source_tasks) <= ids
-        assert p.group_size > len(p.source_tasks) or p.group_size >= 2
+        # the group is the tasks under its taxonomy node; the sources are drawn from it
+        members = {s.task_id for s in specs if experts._node_path(s)[:len(p.group)] == p.group}
+        assert p.group_size == len(members) >= 2
+        assert len(p.source_tasks) == min(experts.DEFAULT_SOURCES, len(members))
+        assert set(p.source_tasks) <= members <= ids
 
 
-def test_split_probe_reproduces_the_backbone():
+def test_the_probe_split_reproduces_the_backbone():
     import torch
 
     from precompute.probes import create
 
     probe = create("efficientnet_lite0")
-    trunk, tail = experts.split_probe(probe)
+    trunk, tail = probe.split()
     x = probe.normalize(torch.randint(0, 256, (3, 3, SIDE, SIDE), dtype=torch.uint8))
     with torch.no_grad():
         torch.testing.assert_close(tail(trunk(x)), probe.backbone(x), rtol=1e-4, atol=1e-5)
@@ -147,8 +150,8 @@ def test_linear_probe_separates_separable_features_and_not_noise():
     noise = rng.normal(0, 1, (90, 8))
     yt = np.repeat([0, 1, 2], 10)
     good_t = rng.normal(0, 1, (30, 8)) + 3 * np.eye(3, 8)[yt]
-    _, err_good = experts.linear_probe(good.astype(np.float32), y, good_t.astype(np.float32), yt, 3)
-    _, err_noise = experts.linear_probe(noise.astype(np.float32), y,
+    _, err_good = transfer.linear_probe(good.astype(np.float32), y, good_t.astype(np.float32), yt, 3)
+    _, err_noise = transfer.linear_probe(noise.astype(np.float32), y,
                                         rng.normal(0, 1, (30, 8)).astype(np.float32), yt, 3)
     assert err_good <= 0.1 and err_noise >= 0.4
 
@@ -156,8 +159,8 @@ def test_linear_probe_separates_separable_features_and_not_noise():
 def test_knn_accuracy_by_hand():
     x = np.array([[0, 1], [0, 1.1], [0, 0.9], [1, 0], [1.1, 0], [0.9, 0]], np.float32)
     y = np.array([0, 0, 0, 1, 1, 1])
-    assert experts.knn_accuracy(x, y, k=2) == 1.0
-    assert experts.knn_accuracy(x, np.array([0, 1, 0, 1, 0, 1]), k=2) < 0.5
+    assert transfer.knn_accuracy(x, y, k=2) == 1.0
+    assert transfer.knn_accuracy(x, np.array([0, 1, 0, 1, 0, 1]), k=2) < 0.5
 
 
 def _log_evidence(f, y, alpha, beta):
@@ -175,7 +178,7 @@ def test_logme_is_the_maximised_evidence():
     grid = np.exp(np.linspace(-6, 6, 61))
     best = np.mean([max(_log_evidence(f, (y == c).astype(float), a, b) for a in grid for b in grid)
                     for c in (0, 1)])
-    assert selection.logme(f, y) == pytest.approx(best, abs=0.02)
+    assert transfer.logme(f, y) == pytest.approx(best, abs=0.02)
 
 
 def test_logme_prefers_features_that_separate_the_classes():
@@ -183,13 +186,13 @@ def test_logme_prefers_features_that_separate_the_classes():
     y = np.repeat(np.arange(4), 25)
     separating = rng.normal(0, 0.3, (100, 16)) + np.eye(4, 16)[y] * 2
     random = rng.normal(0, 1, (100, 16))
-    assert selection.logme(separating, y) > selection.logme(random, y) + 0.5
+    assert transfer.logme(separating, y) > transfer.logme(random, y) + 0.5
 
 
 def test_relative_error_increase_and_smoothing_by_hand():
-    assert selection.relative_error_increase(np.array([0.3]), np.array([0.2]))[0] == pytest.approx(0.5)
+    assert selectors.relative_error_increase(np.array([0.3]), np.array([0.2]))[0] == pytest.approx(0.5)
     # 0 of 9 wrong -> 0.5 / 10; 1 of 9 wrong -> 1.5 / 10
-    np.testing.assert_allclose(selection.smoothed(np.array([0.0, 1 / 9]), np.array([9, 9])),
+    np.testing.assert_allclose(selectors.smoothed(np.array([0.0, 1 / 9]), np.array([9, 9])),
                                [0.05, 0.15])
 
 
@@ -198,7 +201,7 @@ def test_static_prior_picks_the_best_expert_on_average():
                        [0.20, 0.20, 0.20, 0.20],   # never best, always second: best on average
                        [0.30, 0.10, 0.60, 0.60],
                        [0.40, 0.60, 0.10, 0.10]])
-    ranks = selection._mean_ranks(errors, np.ones_like(errors, bool))
+    ranks = selectors.mean_ranks(errors, np.ones_like(errors, bool))
     assert ranks.argmin() == 1
     assert ranks[1] == pytest.approx(np.mean([1, 1, 1, 1]) / 3)
 
@@ -217,8 +220,8 @@ def test_model2vec_learns_that_an_always_good_expert_is_preferred():
     train_t, train_c = tasks(60)
     errors = np.where(np.arange(3)[:, None] == 0, 0.05, 0.3)[:, np.zeros(60, int)]
     cand = np.ones((3, 60), bool)
-    m2v0 = selection.fit_model2vec(experts_f, train_t, errors, cand, 1e-5, 0.15, filters=d, steps=0)
-    m2v = selection.fit_model2vec(experts_f, train_t, errors, cand, 1e-5, 0.15, filters=d, steps=300)
+    m2v0 = selectors.fit_model2vec(experts_f, train_t, errors, cand, 1e-5, 0.15, filters=d, steps=0)
+    m2v = selectors.fit_model2vec(experts_f, train_t, errors, cand, 1e-5, 0.15, filters=d, steps=300)
     test_t, test_c = tasks(40)
     before = m2v0.distances(experts_f, test_t, 1e-5).argmin(0)
     after = m2v.distances(experts_f, test_t, 1e-5).argmin(0)
@@ -274,7 +277,8 @@ def test_matrix_is_complete_and_experts_beat_chance_level(library):
     assert len(perf) == 3 * 8 and len(scores) == 3 * 8
     errors = np.array([p[2] for p in perf])
     assert errors.mean() < 0.25  # binary tasks, 50% is chance
-    assert all(p[4] > 0 for p in perf) and all(np.isfinite(s[0]) and 0 <= s[1] <= 1 for s in scores)
+    assert all(p[4] > 0 for p in perf) and all(np.isfinite(s[0]) for s in scores)
+    assert np.mean([s[1] for s in scores]) > 0.75  # leave-one-out 5-NN accuracy, 0.5 is chance
     by = {(e, t): err for e, t, err, *_ in perf}
     # fine-tuning changed the features: the experts' errors are not ImageNet's
     assert any(by[(f"expert/{f}", t)] != by[("imagenet", t)] for f in ("digits", "fashion")
@@ -363,6 +367,11 @@ def test_evaluation_is_stored(library):
         m2v = con.execute("SELECT count(*) FROM model2vec").fetchone()[0]
         digit_sources = con.execute("SELECT source_tasks FROM experts "
                                     "WHERE expert_id = 'expert/digits'").fetchone()[0]
+        sources = dict(con.execute("SELECT expert_id, source_tasks FROM experts").fetchall())
+        perf = con.execute("SELECT p.expert_id, p.task_id, p.test_error, t.num_test FROM "
+                           "performance p JOIN tasks t USING (task_id)").fetchall()
+        norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method = ?",
+                                 [store.task_method(info)]).fetchall())
     finally:
         con.close()
     assert set(results) == set(selection.SELECTORS)
@@ -372,12 +381,29 @@ def test_evaluation_is_stored(library):
     assert len(digit_sources) == 2
     for task_id in digit_sources:
         assert by[("task2vec", task_id)] == ["expert/fashion", "imagenet"]
-    for name, r in results.items():
-        assert r[1] >= 0 and 0 <= r[3] <= r[4] <= 1 and r[5] >= 0  # rel >= 0, top1 <= top3
+    # the chance row by hand: a uniform pick among a task's candidates, errors smoothed to
+    # (mistakes + 0.5) / (n_test + 1); exact expectations, so every seed gives the same
+    rel, top1, best_all = [], [], {}
+    for task_id in {t for _, t, _, _ in perf}:
+        rows = [(err, n) for e, t, err, n in perf if t == task_id]
+        best_all[task_id] = min(err for err, _ in rows)
+        cand = np.array([(err, n) for e, t, err, n in perf
+                         if t == task_id and task_id not in (sources[e] or [])])
+        smooth = (cand[:, 0] * cand[:, 1] + 0.5) / (cand[:, 1] + 1)
+        rel.append(np.mean(smooth / smooth.min() - 1))
+        top1.append(np.mean(cand[:, 0] <= cand[:, 0].min() + 1e-12))
+    assert results["chance"][1] == pytest.approx(np.mean(rel))
+    assert results["chance"][2] == pytest.approx(0, abs=1e-12)  # no spread over seeds
+    assert results["chance"][3] == pytest.approx(np.mean(top1))
     assert results["task2vec"][5] > 0 and results["chance"][5] == pytest.approx(0, abs=1e-3)
-    assert 0 <= info["optimal_error"] < 0.3 and -1 <= info["norm_error_spearman"] <= 1
+    from scipy.stats import spearmanr
+
+    ids = sorted(best_all)
+    rho = spearmanr([norms[t] for t in ids], [best_all[t] for t in ids]).statistic
+    assert info["norm_error_spearman"] == pytest.approx(rho)
+    assert 0 <= info["optimal_error"] < 0.3
     assert info["optimal_error"] == pytest.approx(summary["optimal_error"])
-    assert m2v == 3 and info["selection"]["alpha"] in selection.ALPHAS
+    assert m2v == 3 and info["selection"]["alpha"] in selectors.ALPHAS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,7 +427,7 @@ def test_features_once_per_image_per_expert_and_resume(library, tmp_path, monkey
     monkeypatch.setattr(experts, "tail_features",
                         lambda tail, trunk, device: tail_rows.append(len(trunk)) or real_tail(tail, trunk, device))
     fits = {"n": 0}
-    real_fit = experts.linear_probe
+    real_fit = transfer.linear_probe
 
     def crashing_fit(*args, **kwargs):
         fits["n"] += 1
@@ -409,7 +435,7 @@ def test_features_once_per_image_per_expert_and_resume(library, tmp_path, monkey
             raise KeyboardInterrupt
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(experts, "linear_probe", crashing_fit)
+    monkeypatch.setattr(transfer, "linear_probe", crashing_fit)
     monkeypatch.setattr(experts, "COMMIT_EVERY", 3)
     cache = tmp_path / "cache"
     shutil.copytree(library["root"] / "cache", cache)  # the experts' weights
@@ -429,7 +455,7 @@ def test_features_once_per_image_per_expert_and_resume(library, tmp_path, monkey
     assert tail_rows == [len(keys), len(keys)]  # once per distinct image, per expert
 
     tail_rows.clear()
-    monkeypatch.setattr(experts, "linear_probe", real_fit)
+    monkeypatch.setattr(transfer, "linear_probe", real_fit)
     experts.compute_matrix(con, specs, cache, progress=False)  # resume
     final = sorted(con.execute("SELECT expert_id, task_id, test_error FROM performance").fetchall())
     con.close()

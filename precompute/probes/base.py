@@ -1,8 +1,13 @@
 """The interface every probe network shares (timm-style: created by name, same small surface)."""
 from __future__ import annotations
 
+import os
+from typing import Callable
+
 import torch
 from torch import nn
+
+from ..errors import Task2VecError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,14 +25,19 @@ class Probe(nn.Module):
 
     The task embedding has one value per filter of ``filter_layers()``: every ``Conv2d`` output
     channel and every ``BatchNorm2d`` channel of the backbone, in module order.
+
+    ``splitter``: the architecture's cut into trunk and tail (:meth:`split`), for backbones
+    that are not this project's own modules (torchvision's ResNet).
     """
 
     def __init__(self, name: str, backbone: nn.Module, classifier: nn.Linear | None,
                  feature_dim: int, input_size: int,
                  mean: tuple[float, float, float] = IMAGENET_MEAN,
-                 std: tuple[float, float, float] = IMAGENET_STD):
+                 std: tuple[float, float, float] = IMAGENET_STD,
+                 splitter: Callable[[nn.Module], tuple[nn.Module, nn.Module]] | None = None):
         super().__init__()
         self.name = name
+        self._splitter = splitter
         self.backbone = backbone
         self.classifier = classifier
         self.feature_dim = feature_dim
@@ -51,7 +61,55 @@ class Probe(nn.Module):
     def num_filters(self) -> int:
         return sum(self.filter_counts())
 
+    def split(self) -> tuple[nn.Module, nn.Module]:
+        """(trunk, tail) with ``tail(trunk(x)) == backbone(x)``; both share the probe's weights.
+
+        The trunk is frozen and shared by all experts; the tail is what an expert fine-tunes
+        (paper section 4.2). Each architecture says where to cut: its backbone's own
+        ``split()`` or the ``splitter`` it registered; a plain ``nn.Sequential`` backbone is
+        cut before its last convolution.
+        """
+        if hasattr(self.backbone, "split"):
+            return self.backbone.split()
+        if self._splitter is not None:
+            return self._splitter(self.backbone)
+        bb = self.backbone
+        if isinstance(bb, nn.Sequential):
+            convs = [i for i, m in enumerate(bb) if isinstance(m, nn.Conv2d)]
+            if convs:
+                return nn.Sequential(*bb[:convs[-1]]), Pooled(*bb[convs[-1]:])
+        raise Task2VecError(f"probe {self.name!r} cannot be split into a frozen trunk and a tail")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.classifier is None:
             raise RuntimeError(f"probe {self.name!r} has no classifier head")
         return self.classifier(self.backbone(x))
+
+
+class Pooled(nn.Sequential):
+    """A tail whose output is globally average-pooled (or flattened), like a backbone's."""
+
+    def forward(self, x):
+        x = super().forward(x)
+        return x.mean(dim=(2, 3)) if x.dim() == 4 else x.flatten(1)
+
+
+# weights files, shared by every architecture
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    # weights_only: never unpickle arbitrary objects from a file.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise Task2VecError(f"cannot read weights file {path}: {exc}") from None
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], prefix: str, what: str) -> set:
+    """Load the keys under ``prefix`` into ``module`` strictly; return the keys used."""
+    own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(own, strict=True)
+    except RuntimeError as exc:
+        raise Task2VecError(f"weights do not match {what}: {str(exc).splitlines()[0]}") from None
+    return {prefix + k for k in own}

