@@ -20,6 +20,7 @@ from PIL import Image
 from conftest import expect_error
 from precompute.libraries import load_splits
 from precompute.libraries import paper
+from precompute.libraries.paper import cub, deepfashion
 from precompute.libraries.paper import (read_cub, read_deepfashion, read_imaterialist,
                                         read_inaturalist, read_paper_library)
 
@@ -183,7 +184,7 @@ def test_inaturalist_missing_image_is_named_when_records_are_read(tmp_path):
 # --------------------------------------------------------------------------- CUB-200-2011
 
 CUB_CLASSES = [row["class_name"] for row in
-               csv.DictReader(open(Path(paper.__file__).with_name("cub_taxonomy.csv")))]
+               csv.DictReader(open(Path(cub.__file__).with_name("cub_taxonomy.csv")))]
 # Official class ids (1-based) of the species the small fixture has images of.
 CUB_FIXTURE_IDS = [1, 2, 86, 158, 159, 29]  # 2 albatrosses, a loon, 2 warblers, a crow
 
@@ -211,7 +212,7 @@ def write_cub(root: Path, class_ids=CUB_FIXTURE_IDS, per_class=(2, 1), images=Tr
 
 
 def test_cub_taxonomy_table_covers_the_200_classes_and_gives_25_tasks():
-    table = paper._cub_taxonomy()
+    table = cub._cub_taxonomy()
     assert len(CUB_CLASSES) == 200 and len(set(CUB_CLASSES)) == 200 and len(table) == 200
     assert table["Black_footed_Albatross"] == ("Procellariiformes", "Diomedeidae")
     assert table["Cape_May_Warbler"] == ("Passeriformes", "Parulidae")
@@ -567,7 +568,7 @@ def test_deepfashion_value_parser_matches_a_plain_parse():
     rng = np.random.default_rng(0)
     values = rng.choice([-1, 0, 1], size=(50, 7), p=[0.6, 0.1, 0.3])
     text = "".join(" ".join(f"{v:>2}" for v in row) + "\n" for row in values).encode()
-    pos, neg = paper._parse_value_block(text, 7, Path("x.txt"), list(range(3, 53)))
+    pos, neg = deepfashion._parse_value_block(text, 7, Path("x.txt"), list(range(3, 53)))
     np.testing.assert_array_equal(pos, values == 1)
     np.testing.assert_array_equal(neg, values == -1)
 
@@ -606,3 +607,31 @@ def test_paper_library_missing_source_folder_and_bad_sources(tmp_path):
     expect_error(lambda: read_paper_library(root, sources=["imagenet"]), "'imagenet'", "cub")
     (root / "CUB_200_2011").rename(root / "cub")
     assert len(read_paper_library(root, sources=["cub"])) == 3
+
+
+# --------------------------------------------------------------------------- the CLI's seed
+
+
+def test_the_cli_seed_reaches_the_paper_reader(tmp_path, monkeypatch):
+    """``build paper --seed S`` samples with S; ``experts`` / ``matrix`` re-read the library with
+    the seed the file was built with, whatever their own ``--seed``."""
+    from precompute import __main__ as cli
+    from precompute import store
+    from precompute.errors import Task2VecError
+
+    seen = []
+
+    def reader(root, *, seed=0, **kwargs):
+        seen.append(seed)
+        raise Task2VecError("stop here")
+
+    monkeypatch.setattr(paper, "read_paper_library", reader)
+    db = tmp_path / "lib.duckdb"
+    assert cli.main(["build", "paper", "--root", str(tmp_path), "--db", str(db), "--seed", "3"]) == 2
+    con = store.connect(db, 4)
+    store.set_info(con, library="paper", seed=5, methods=["montecarlo"], filters=4)
+    con.execute("INSERT INTO embeddings VALUES ('t', 'montecarlo', [1, 1, 1, 1], 0, 4, 0, '{}')")
+    con.close()
+    assert cli.main(["experts", "paper", "--root", str(tmp_path), "--db", str(db),
+                     "--seed", "9"]) == 2
+    assert seen == [3, 5]
