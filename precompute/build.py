@@ -21,7 +21,7 @@ from typing import Sequence
 import duckdb
 import numpy as np
 
-from . import distances, store
+from . import distances, selection, store
 from .errors import Task2VecError
 from .libraries import TaskSpec, task_data
 from .probes import DEFAULT_PROBE, create
@@ -79,8 +79,8 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
         done = store.done_task_ids(con)
         todo = [s for s in specs if s.task_id not in done]
         seconds = _embed_tasks(con, todo, probe_net, methods, input_size, device, seed, progress)
-        if todo:
-            _drop_stale_selection(con)
+        if todo:  # new tasks make the stored model-selection evaluation stale
+            selection.drop_evaluation(con)
         _compute_maps(con, methods, maps, seed, progress)
         summary = {"tasks_total": len(specs), "tasks_embedded_this_run": len(todo),
                    "seconds_embedding": round(seconds, 2), "versions": _versions(), **settings}
@@ -129,16 +129,6 @@ def _copy_atomically(src: Path, dst: Path) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise Task2VecError(f"cannot copy {src} to {dst}: {exc.strerror}; {src} is unchanged") from None
-
-
-def _drop_stale_selection(con) -> None:
-    """New tasks make the stored model-selection evaluation stale (run evaluate again)."""
-    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    for table in ("selection_results", "selector_rankings", "model2vec"):
-        if table in tables:
-            con.execute(f"DELETE FROM {table}")
-    con.execute("DELETE FROM library_info WHERE key IN ('optimal_error', 'norm_error_spearman', "
-                "'selection')")
 
 
 def _check_resume(con, settings: dict, work: Path) -> None:

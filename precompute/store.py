@@ -96,8 +96,7 @@ def done_task_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
 
 def write_task(con: duckdb.DuckDBPyConnection, task: dict, embeddings: dict, thumbnails: list) -> None:
     """Write one task and everything computed for it in one transaction (all or nothing)."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
             task["task_id"], task["family"], task["name"], list(task["taxonomy"]),
             list(task["classes"]), list(task["class_counts"]), task["num_train"],
@@ -111,10 +110,6 @@ def write_task(con: duckdb.DuckDBPyConnection, task: dict, embeddings: dict, thu
         for position, (label, png) in enumerate(thumbnails):
             con.execute("INSERT INTO thumbnails VALUES (?, ?, ?, ?)",
                         [task["task_id"], position, label, png])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def embedding_matrix(con: duckdb.DuckDBPyConnection, method: str) -> tuple[list[str], np.ndarray]:
@@ -129,13 +124,12 @@ def embedding_matrix(con: duckdb.DuckDBPyConnection, method: str) -> tuple[list[
 
 def write_map(con: duckdb.DuckDBPyConnection, space: str, algorithm: str, ids: list[str],
               xy: np.ndarray, params: dict) -> None:
-    con.execute("BEGIN TRANSACTION")
-    con.execute("DELETE FROM maps WHERE space = ? AND algorithm = ?", [space, algorithm])
-    con.executemany("INSERT INTO maps VALUES (?, ?, ?, ?, ?)",
-                    [(space, algorithm, t, float(x), float(y)) for t, (x, y) in zip(ids, xy)])
-    con.execute("INSERT OR REPLACE INTO map_params VALUES (?, ?, ?)",
-                [space, algorithm, json.dumps(params)])
-    con.execute("COMMIT")
+    with transaction(con):
+        con.execute("DELETE FROM maps WHERE space = ? AND algorithm = ?", [space, algorithm])
+        con.executemany("INSERT INTO maps VALUES (?, ?, ?, ?, ?)",
+                        [(space, algorithm, t, float(x), float(y)) for t, (x, y) in zip(ids, xy)])
+        con.execute("INSERT OR REPLACE INTO map_params VALUES (?, ?, ?)",
+                    [space, algorithm, json.dumps(params)])
 
 
 NEIGHBOURS = 20  # nearest tasks stored per task (a task card shows 10)
