@@ -20,6 +20,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+# Light modules (no torch, no numba): the cold path may import them.
+from precompute import store as pstore
+from precompute.errors import Task2VecError
+
 REQUIRED_TABLES = ("library_info", "tasks", "embeddings", "maps")
 
 
@@ -32,15 +36,6 @@ def expert_hint(lib: "Library") -> str:
     return ("this library has no experts yet; build them with `python -m precompute experts "
             "LIBRARY --db FILE`, then `matrix` and `evaluate` (see README.md); the other pages "
             "work without them")
-
-
-class LibraryError(Exception):
-    """A library file that cannot be opened (missing, not DuckDB, wrong schema): one readable line.
-
-    Its own type rather than precompute's Task2VecError because importing ``precompute`` pulls
-    in torch (about 4 s), which the cold start to the first map must not wait for: ``precompute``
-    is imported lazily, by the background prefetch, the distances and the upload.
-    """
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,11 +105,11 @@ def file_mtime(path: str | os.PathLike) -> float:
     try:
         return os.stat(path).st_mtime
     except OSError:
-        raise LibraryError(f"no library file at {path}") from None
+        raise Task2VecError(f"no library file at {path}") from None
 
 
 def open_library(path: str | os.PathLike) -> Library:
-    """The library at ``path`` (cached until the file changes); LibraryError if unusable."""
+    """The library at ``path`` (cached until the file changes); Task2VecError if unusable."""
     path = str(Path(path).expanduser().resolve())
     return _load_library(path, file_mtime(path))
 
@@ -124,7 +119,7 @@ def _connection(path: str, mtime: float) -> duckdb.DuckDBPyConnection:
     try:
         return duckdb.connect(path, read_only=True)
     except Exception as exc:  # duckdb raises its own types for foreign or locked files
-        raise LibraryError(f"cannot open {Path(path).name} as a library: "
+        raise Task2VecError(f"cannot open {Path(path).name} as a library: "
                            f"{str(exc).splitlines()[0]}") from None
 
 
@@ -139,15 +134,15 @@ def _load_library(path: str, mtime: float) -> Library:
     tables = frozenset(fetch("SELECT table_name FROM information_schema.tables")["table_name"])
     missing = [t for t in REQUIRED_TABLES if t not in tables]
     if missing:
-        raise LibraryError(f"{Path(path).name} is not a task library (no {', '.join(missing)} "
+        raise Task2VecError(f"{Path(path).name} is not a task library (no {', '.join(missing)} "
                            "table); build one with `python -m precompute build`")
-    info = {k: json.loads(v) for k, v in fetch("SELECT key, value FROM library_info").itertuples(index=False)}
-    methods = list(info.get("methods") or ["montecarlo"])
-    task_method = next((m for m in methods if m != "domain"), "montecarlo")
+    with con.cursor() as cur:
+        info = pstore.get_info(cur)
+    task_method = pstore.task_method(info)
     tasks = fetch("SELECT task_id, family, name, taxonomy, classes, class_counts, num_train, "
                   "num_test FROM tasks ORDER BY task_id").set_index("task_id")
     if tasks.empty:
-        raise LibraryError(f"{Path(path).name} holds no tasks yet")
+        raise Task2VecError(f"{Path(path).name} holds no tasks yet")
     for col in ("taxonomy", "classes", "class_counts"):
         tasks[col] = tasks[col].map(lambda v: tuple(v) if v is not None else ())
     tasks["size"] = tasks["num_train"].astype(int)
@@ -182,8 +177,6 @@ def embedding_matrix(lib: Library, method: str) -> tuple[list[str], np.ndarray]:
 
 
 def _decode_matrix(lib: Library, method: str, con, warm: bool = False) -> tuple[list[str], np.ndarray]:
-    from precompute import store as pstore
-
     key = (lib.path, lib.mtime, method)
     with _MATRIX_LOCK:
         if key not in _MATRICES:

@@ -8,6 +8,8 @@ from typing import Callable
 import plotly.graph_objects as go
 import streamlit as st
 
+from precompute.errors import Task2VecError
+
 from . import export, state, store
 
 
@@ -16,7 +18,7 @@ def library() -> store.Library:
     path = st.session_state.get("db") or state.start_library()
     try:
         lib = store.open_library(path)
-    except store.LibraryError as exc:
+    except Task2VecError as exc:
         st.error(str(exc))
         if Path(path).resolve() == state.DEFAULT_LIBRARY:
             st.info("The embedded demo library is built with `python -m precompute build demo "
