@@ -91,6 +91,7 @@ class EmbedConfig:
     batch_size: int | None = None
     head_l2: float = 1e-3
     head_max_iter: int = 200
+    head_calibration: bool = False
     beta: float = 1e-2
     prior_variance: float = 1.0
     prior_samples: int = 1000
@@ -346,10 +347,25 @@ class _Embedder:
 
         Full-batch and started from zero, so it is deterministic and takes milliseconds on a GPU
         (the reference trained 10 epochs of Adam; on cached features the optimum is the same
-        convex problem).
+        convex problem). With ``head_calibration`` its logits are divided by the temperature
+        that minimises the cross-entropy of held-out predictions (2-fold cross-fitting), meant
+        against the size effect (a head that fits a small task perfectly is confident on images
+        it has seen). Measured on the 74-task slice, not adopted: the size correlation rose
+        (0.18 -> 0.31), glyph rho fell (0.10 -> 0.04) and the norm no longer rises with label
+        noise (a noisy task gets a large temperature, which shrinks its Fisher by 1 / T^2).
         """
+        head = self._fit_head(features, self.labels)
+        if self.config.head_calibration:
+            temperature = self._held_out_temperature(features)
+            head.weight.div_(temperature)
+            head.bias.div_(temperature)
+            self.timings["head_temperature"] = temperature
+        self.progress("head", 1.0)
+        return head
+
+    def _fit_head(self, features: torch.Tensor, labels: torch.Tensor) -> nn.Linear:
         c = self.task.num_classes
-        counts = torch.bincount(self.labels, minlength=c).float()
+        counts = torch.bincount(labels, minlength=c).float()
         class_weight = counts.sum() / (c * counts.clamp(min=1))
         head = nn.Linear(features.shape[1], c).to(self.device)
         nn.init.zeros_(head.weight)
@@ -360,15 +376,29 @@ class _Embedder:
 
         def closure():
             opt.zero_grad()
-            loss = F.cross_entropy(head(features), self.labels, weight=class_weight)
+            loss = F.cross_entropy(head(features), labels, weight=class_weight)
             loss = loss + 0.5 * self.config.head_l2 * head.weight.square().sum()
             loss.backward()
             return loss
 
         with torch.enable_grad():
             opt.step(closure)
-        self.progress("head", 1.0)
         return head.requires_grad_(False)
+
+    def _held_out_temperature(self, features: torch.Tensor) -> float:
+        """Temperature of the held-out logits of two heads, each fitted on half of the task."""
+        fold = torch.empty_like(self.labels)
+        for c in range(self.task.num_classes):  # stratified halves, seeded
+            index = torch.nonzero(self.labels == c).squeeze(1)
+            order = torch.randperm(len(index), generator=self.generator, device=self.device)
+            fold[index[order]] = torch.arange(len(index), device=self.device) % 2
+        logits = torch.empty(len(self.labels), self.task.num_classes, device=self.device)
+        for k in (0, 1):
+            train, test = fold != k, fold == k
+            logits[test] = self._fit_head(features[train], self.labels[train])(features[test])
+        grid = torch.logspace(-1, 2, 61, device=self.device)  # T from 0.1 to 100
+        nll = torch.stack([F.cross_entropy(logits / t, self.labels) for t in grid])
+        return float(grid[nll.argmin()])
 
     def _fisher_batches(self) -> tuple[int, int]:
         batch = self._batch_size()

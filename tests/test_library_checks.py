@@ -43,24 +43,24 @@ def checks(slice_library):
 def test_glyph_distances_follow_the_script_genealogy(checks):
     t = checks["taxonomy"]
     assert t["tasks"] == len(SCRIPTS)
-    # Over all 120 pairs the correlation is weak (0.09 at 32 px; the domain embedding's is
-    # stronger, docs/RESULTS.md), but positive
-    assert t["spearman"] > 0
+    # Over all 120 pairs the correlation is weak (rademacher at 32 px: 0.143, sampled labels
+    # 0.09; the domain embedding's is stronger, 0.35, docs/RESULTS.md), but positive
+    assert t["spearman"] > 0.05
     c = t["curve"]
     # Fig. 2 centre: the nearest tasks are taxonomically closer than a random task (measured
-    # 4.6 against 6.0 for k <= 3; random embeddings give chance), and no closer than the
-    # taxonomy itself allows
-    assert c["embedding"][:3].mean() < c["chance"][0] - 0.8
+    # 3.85 against 5.98 for k <= 3, sampled labels 4.6; random embeddings give chance), and no
+    # closer than the taxonomy itself allows
+    assert c["embedding"][:3].mean() < c["chance"][0] - 1.5
     assert np.all(c["embedding"] >= c["taxonomy"] - 1e-9)
 
 
 def test_fashion_tasks_find_their_related_tasks(checks):
     s = checks["shared_domain"]
     assert s["tasks"] == 20 + 14
-    # nearest tasks are related tasks above the base rate (measured 0.38 against 0.19; the
-    # domain embedding gets 0.33: most of these tasks draw their images from the classes they
-    # are about, which gives relatedness away, docs/RESULTS.md)
-    assert s["task2vec"] > 1.3 * s["chance"]
+    # nearest tasks are related tasks above the base rate (measured 0.44 against 0.19, sampled
+    # labels 0.38; the domain embedding gets 0.33: most of these tasks draw their images from
+    # the classes they are about, which gives relatedness away, docs/RESULTS.md)
+    assert s["task2vec"] > 1.8 * s["chance"]
 
 
 def test_on_one_image_pool_task2vec_finds_related_tasks_and_the_domain_embedding_cannot(checks):
@@ -68,9 +68,9 @@ def test_on_one_image_pool_task2vec_finds_related_tasks_and_the_domain_embedding
     domain embedding does not see."""
     s = checks["one_pool"]
     assert s["tasks"] == 14 and s["chance"] == pytest.approx(6 / 13)
-    # measured: TASK2VEC 0.71, domain 0.37 (chance 0.46)
-    assert s["task2vec"] > s["chance"] + 0.15
-    assert s["task2vec"] > s["domain"] + 0.2
+    # measured: TASK2VEC 0.80 (sampled labels 0.71), domain 0.37 (chance 0.46)
+    assert s["task2vec"] > s["chance"] + 0.25
+    assert s["task2vec"] > s["domain"] + 0.3
 
 
 def test_a_task_embedded_again_with_another_seed_keeps_its_nearest_library_tasks(slice_library):
