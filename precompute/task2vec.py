@@ -240,7 +240,7 @@ def sampled_label_residual(p: torch.Tensor, generator: torch.Generator) -> torch
 
     With a confident head y is almost always the predicted class, r is then near zero, and the
     estimate rests on the rare other draws: measured seed-to-seed d_sym 0.28 at 64 px, as far
-    as two different tasks (docs/RESULTS.md)."""
+    as two different tasks (BENCHMARKS.md)."""
     y = torch.multinomial(p, 1, generator=generator).squeeze(1)
     return p - F.one_hot(y, p.shape[-1]).to(p.dtype)
 

@@ -195,6 +195,6 @@ def test_build_command_passes_families():
     from precompute.__main__ import _library_specs, _parser
 
     args = _parser().parse_args(["build", "demo", "--db", "x.duckdb", "--families", "emoji"])
-    assert {s.family for s in _library_specs(args)} == {"emoji"}
+    assert {s.family for s in _library_specs(args, args.seed)} == {"emoji"}
     args = _parser().parse_args(["build", "demo", "--db", "x.duckdb"])
-    assert {s.family for s in _library_specs(args)} == set(FAMILIES)
+    assert {s.family for s in _library_specs(args, args.seed)} == set(FAMILIES)
