@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--head-l2", type=float)
     ap.add_argument("--head-calibration", action="store_true")
+    ap.add_argument("--head-adam-steps", type=int, default=0,
+                    help="train the head with the reference's Adam for this many steps")
     ap.add_argument("--tenfold", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=2, choices=(1, 2),
                     help="1: one build seed, no noise or stability numbers (faster)")
@@ -75,6 +77,8 @@ def main() -> None:
         options["head_l2"] = args.head_l2
     if args.head_calibration:
         options["head_calibration"] = True
+    if args.head_adam_steps:
+        options["head_adam_steps"] = args.head_adam_steps
     torch.set_num_threads(1)  # comparable seconds on a shared 2-core machine
     probe = probes.create("efficientnet_lite0")
     specs = pick_slice(read_demo_library(seed=0, scale=SCALE))
