@@ -84,9 +84,9 @@ def bootstrap_correlation(dist: np.ndarray, other: np.ndarray, *, draws: int = 1
     rng = np.random.default_rng(seed)
     n = len(dist)
     rhos = []
+    i, j = np.triu_indices(n, 1)
     for _ in range(draws):
         pick = rng.integers(0, n, n)
-        i, j = np.triu_indices(n, 1)
         keep = pick[i] != pick[j]
         a, b = pick[i][keep], pick[j][keep]
         rhos.append(spearmanr(dist[a, b], other[a, b]).statistic)

@@ -9,7 +9,7 @@ Methods:
     ``rademacher``  (default) the montecarlo estimator with the sampled label's score p - e_y
                     replaced by a Rademacher residual of the same second moment
                     (:func:`rademacher_residual`): same expectation, same one backward pass,
-                    seed-to-seed noise 20x lower on demo tasks (BENCHMARKS.md).
+                    seed-to-seed noise 7x to 20x lower on demo slices (BENCHMARKS.md).
     ``montecarlo``  the paper's: labels sampled from the head's predictive distribution (the
                     FIM definition, eq. in section 3), squared gradient of the batch-mean loss
                     rescaled by the batch size, accumulated over steps. Kept for comparison and
@@ -376,9 +376,7 @@ class _Embedder:
         c = self.task.num_classes
         counts = torch.bincount(labels, minlength=c).float()
         class_weight = counts.sum() / (c * counts.clamp(min=1))
-        head = nn.Linear(features.shape[1], c).to(self.device)
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
+        head = self._zero_head(features.shape[1])
         opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=self.config.head_max_iter,
                                 history_size=20, line_search_fn="strong_wolfe",
                                 tolerance_grad=1e-6, tolerance_change=1e-9)
@@ -394,16 +392,19 @@ class _Embedder:
             opt.step(closure)
         return head.requires_grad_(False)
 
+    def _zero_head(self, dim: int) -> nn.Linear:
+        head = nn.Linear(dim, self.task.num_classes).to(self.device)
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        return head
+
     def _fit_head_adam(self, features: torch.Tensor, steps: int) -> nn.Linear:
         """The reference's head regime, stopped early: Adam (lr 4e-4, weight decay head_l2),
         class-balanced batches of 64, ``steps`` steps from zero (reference: 10 epochs of
         10,000 samples = 1,563 steps)."""
-        c = self.task.num_classes
-        counts = torch.bincount(self.labels, minlength=c).float()
+        counts = torch.bincount(self.labels, minlength=self.task.num_classes).float()
         weight = (1 / counts.clamp(min=1))[self.labels]
-        head = nn.Linear(features.shape[1], c).to(self.device)
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
+        head = self._zero_head(features.shape[1])
         opt = torch.optim.Adam(head.parameters(), lr=4e-4, weight_decay=self.config.head_l2)
         with torch.enable_grad():
             for _ in range(steps):

@@ -38,3 +38,19 @@ def test_related_precision_by_hand():
     assert analysis.related_precision(dist, ids, related, k=1) == pytest.approx(2 / 3)
     # k=2: a->{b,c}: 1/2; b->{a,d}: 0; d->{c,b}: 1/2
     assert analysis.related_precision(dist, ids, related, k=2) == pytest.approx(1 / 3)
+
+
+def test_bootstrap_interval_over_tasks_and_the_size_correlation():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(30, 2))
+    tax = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    assert analysis.bootstrap_correlation(tax, tax, draws=50) == pytest.approx((1.0, 1.0))
+    noise = rng.random((30, 30))
+    noise = noise + noise.T
+    lo, hi = analysis.bootstrap_correlation(noise, tax, draws=200)
+    point = analysis.taxonomy_correlation(noise, tax)[0]
+    assert lo < point < hi and lo < 0 < hi  # unrelated distances: an interval around 0
+    sizes = np.exp(rng.normal(size=30))
+    by_size = np.abs(np.log(sizes)[:, None] - np.log(sizes)[None])
+    assert analysis.size_correlation(by_size, sizes) == pytest.approx(1.0)
+    assert abs(analysis.size_correlation(tax, sizes)) < 0.3
