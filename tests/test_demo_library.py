@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -56,20 +57,52 @@ def test_full_scale_library_has_the_promised_shape(full):
 
 
 def test_sizes_are_heavy_tailed_from_50_to_thousands(full):
-    sizes = np.array([s.meta["num_images"] for s in full])
-    assert sizes.min() == demo.TASK_SIZES[0] == 50
-    assert sizes.max() >= 5000
-    assert np.median(sizes) < 300 < sizes.mean()  # most tasks small, a few large
-    # the CPU embedding budget: 234,088 images in the first three families, 60,452 in emoji
-    assert 250_000 <= sizes.sum() <= 320_000
+    train = np.array([s.meta["num_train"] for s in full])
+    # the smallest dealt size, 50, less its own test images (20 %, at least one per class)
+    assert 30 <= train.min() <= 40
+    assert train.max() >= 5000
+    assert np.median(train) < 300 < train.mean()  # most tasks small, a few large
+    # the CPU embedding budget (the train splits are embedded): 185,264 images in the first
+    # three families, 48,342 in emoji
+    assert 200_000 <= train.sum() <= 260_000
     for s in full:
         assert s.meta["num_train"] + s.meta["num_test"] == s.meta["num_images"]
 
 
+def test_every_test_split_can_measure_an_error_to_a_few_points(full):
+    short = {s.task_id: s.meta["num_test"] for s in full if s.meta["num_test"] < demo.MIN_TEST}
+    # only the digits pool (about 180 images per digit) runs short, and it keeps >= 200
+    assert short and all(t.startswith("digits/") for t in short)
+    assert min(short.values()) >= 200
+    # the standard error of an error rate at the smallest split, worst case p = 0.5
+    assert math.sqrt(0.25 / min(short.values())) < 0.036
+
+
+@pytest.mark.parametrize("task_id", ["fashion_mnist/category/footwear-type",
+                                     "digits/pair/2-vs-7", "glyphs/ugaritic"])
+def test_added_test_images_leave_the_training_images_as_they_were(task_id, monkeypatch):
+    spec = next(s for s in read_demo_library(scale=0.3) if s.task_id == task_id)
+    records = list(spec.records())
+    monkeypatch.setattr(demo, "_test_shortfall", lambda have, scale: 0)
+    fewer = next(s for s in read_demo_library(scale=0.3) if s.task_id == task_id)
+    base = list(fewer.records())
+    assert spec.meta["num_test"] > fewer.meta["num_test"]
+    assert spec.meta["num_train"] == fewer.meta["num_train"]
+    assert len(records) == spec.meta["num_images"]
+    train = [r for r in records if r.split == "train"]
+    assert [(r.label, r.image.tobytes()) for r in train] == \
+        [(r.label, r.image.tobytes()) for r in base if r.split == "train"]
+    if task_id.startswith("digits/"):  # the added test images are none of the task's own
+        seen = {r.image.tobytes() for r in train}
+        test = [r.image.tobytes() in seen for r in records if r.split == "test"]
+        assert sum(test) <= 0.01 * len(test)  # drawn from the whole pool: ~40 %
+
+
 def test_sizes_follow_the_seed_but_keep_the_distribution():
     a, b = read_demo_library(seed=0), read_demo_library(seed=1)
-    size_a = {s.task_id: s.meta["num_images"] for s in a}
-    size_b = {s.task_id: s.meta["num_images"] for s in b}
+    # the dealt sizes (a digits task may take fewer, to leave its test split room in the pool)
+    size_a = {s.task_id: s.meta["dealt_size"] for s in a}
+    size_b = {s.task_id: s.meta["dealt_size"] for s in b}
     assert size_a != size_b
     assert sorted(size_a.values()) == sorted(size_b.values())
 
@@ -157,18 +190,21 @@ def test_whole_pool_tasks_share_one_image_distribution_and_differ_in_labels():
 
 
 def test_adding_the_whole_pool_tasks_kept_every_other_task_as_it_was():
-    """They, and the emoji family, were added after data/demo.duckdb was first built: the
-    others keep their sizes."""
+    """They, and the emoji family, were added after data/demo.duckdb was first built, and the
+    test splits grew after it (MIN_TEST): the other tasks keep their training sizes, except
+    digits tasks that gave up training images to leave their test split room."""
     specs = read_demo_library(seed=0)
     later = ("fashion_mnist/all-images/", "emoji/")
-    rest = [s for s in specs if not s.task_id.startswith(later)]
+    rest = {s.task_id: s for s in specs if not s.task_id.startswith(later)}
     con = duckdb.connect(str(ROOT / "data" / "demo.duckdb"), read_only=True)
     try:
-        built = dict(con.execute("SELECT task_id, num_train + num_test FROM tasks").fetchall())
+        built = dict(con.execute("SELECT task_id, num_train FROM tasks").fetchall())
     finally:
         con.close()
-    assert {s.task_id: s.meta["num_images"] for s in rest} == {
-        t: n for t, n in built.items() if not t.startswith(later)}
+    built = {t: n for t, n in built.items() if not t.startswith(later)}
+    assert set(built) == set(rest)
+    changed = {t for t, n in built.items() if n != rest[t].meta["num_train"]}
+    assert all(t.startswith("digits/") and rest[t].meta["num_train"] < built[t] for t in changed)
 
 
 def test_glyph_images_are_not_blank_and_differ_between_characters(tiny):

@@ -70,6 +70,11 @@ TASK_SIZES = (50, 8000)
 SIZE_TAIL_INDEX = 0.55
 TEST_FRACTION = 0.2  # of each class, seeded per task; at least 1 test and 2 train images
 MIN_PER_CLASS = 3  # 2 train + 1 test: the least a class needs, whatever the scale
+# Test images per task at full scale (times ``scale`` below 1), on top of the dealt size: the
+# standard error of a measured error rate p is sqrt(p (1 - p) / n), at most 2.9 points at
+# n = 300 (p = 0.5) and 2.3 at p = 0.2, so one image no longer moves an error by 10 points.
+# Only the digits pool (1,797 images) can run short; those tasks take what the pool has left.
+MIN_TEST = 300
 
 GLYPH_SIDE = 32  # rendered glyph images are GLYPH_SIDE x GLYPH_SIDE grayscale uint8
 GLYPH_CLASSES = (5, 20)  # characters per script task, drawn per task (inclusive)
@@ -247,6 +252,14 @@ def _test_count(n: int) -> int:
     return min(max(1, int(round(TEST_FRACTION * n))), n - 2)
 
 
+def _test_shortfall(have: int, scale: float) -> int:
+    """Test images a task with ``have`` of them must add to reach MIN_TEST (scaled below 1).
+
+    The added images come from their own generator (stream 3) and after the task's other
+    records, so its training images, their order and the dealt sizes stay what they were."""
+    return max(0, math.ceil(MIN_TEST * min(scale, 1.0)) - have)
+
+
 def _task_rng(seed: int, task_id: str, stream: int = 0) -> np.random.Generator:
     # crc32, not hash(): Python's string hash changes between processes.
     return np.random.default_rng([seed, zlib.crc32(task_id.encode()), stream])
@@ -277,6 +290,12 @@ class PoolTask:
         return len(self.labels) * min(
             len(ids) * min(per_class[i] for i in ids) for _, ids in self.labels)
 
+    def room(self, per_class: Sequence[int], scale: float) -> int:
+        """Most images the task may take while leaving the pool enough for its test split:
+        MIN_TEST (scaled) or half the capacity, whichever is less (binds only for digits)."""
+        cap = self.capacity(per_class)
+        return max(cap - min(math.ceil(MIN_TEST * min(scale, 1.0)), cap // 2), self.min_size())
+
     def min_size(self) -> int:
         """The smallest task that gives every label MIN_PER_CLASS images."""
         if self.whole_pool:
@@ -292,26 +311,47 @@ class PoolTask:
         return [_split_evenly(q, len(ids))
                 for q, (_, ids) in zip(_split_evenly(n, len(self.labels)), self.labels)]
 
+    def extra_test(self, n: int, pool_sizes: Sequence[int], scale: float) -> list[list[int]]:
+        """Test images added per source class, label by label (see :func:`_test_shortfall`):
+        evenly over labels and their classes, or over every class for a whole-pool task (its
+        test images keep the shared distribution); never more than a class has left."""
+        quotas = self.quotas(n)
+        short = _test_shortfall(sum(_test_count(sum(q)) for q in quotas), scale)
+        if self.whole_pool:
+            flat = iter(_split_evenly(short, sum(len(q) for q in quotas)))
+            extra = [[next(flat) for _ in q] for q in quotas]
+        else:
+            extra = [_split_evenly(x, len(q)) for q, x in zip(quotas, _split_evenly(short, len(quotas)))]
+        return [[min(e, pool_sizes[c] - q) for c, q, e in zip(ids, qs, es)]
+                for (_, ids), qs, es in zip(self.labels, quotas, extra)]
 
-def _pool_records(task: PoolTask, n: int, seed: int, task_id: str,
+
+def _pool_records(task: PoolTask, n: int, seed: int, task_id: str, scale: float,
                   pool: tuple[np.ndarray, list[np.ndarray]]) -> list[Record]:
     images, by_class = pool
-    rng = _task_rng(seed, task_id)
-    records = []
-    for (label, ids), quotas in zip(task.labels, task.quotas(n)):
-        picked = np.concatenate([rng.choice(by_class[c], q, replace=False)
-                                 for c, q in zip(ids, quotas)])
+    rng, more = _task_rng(seed, task_id), _task_rng(seed, task_id, stream=3)
+    records, extra = [], []
+    extras = task.extra_test(n, [len(ids) for ids in by_class], scale)
+    for (label, ids), quotas, adds in zip(task.labels, task.quotas(n), extras):
+        chosen = [rng.choice(by_class[c], q, replace=False) for c, q in zip(ids, quotas)]
+        picked = np.concatenate(chosen)
         rng.shuffle(picked)
         n_test = _test_count(len(picked))
         records += [Record(images[i], label, "test" if j < n_test else "train")
                     for j, i in enumerate(picked)]
-    return [records[i] for i in rng.permutation(len(records))]
+        for c, taken, k in zip(ids, chosen, adds):  # more test images, none of the task's own
+            extra += [Record(images[i], label, "test")
+                      for i in more.choice(np.setdiff1d(by_class[c], taken), k, replace=False)]
+    return [records[i] for i in rng.permutation(len(records))] + extra
 
 
-def _pool_meta(task: PoolTask, n: int, class_names: Sequence[str]) -> dict:
-    n_test = sum(_test_count(sum(q)) for q in task.quotas(n))
+def _pool_meta(task: PoolTask, n: int, class_names: Sequence[str], pool_sizes: Sequence[int],
+               scale: float) -> dict:
+    added = sum(map(sum, task.extra_test(n, pool_sizes, scale)))
+    n_test = sum(_test_count(sum(q)) for q in task.quotas(n)) + added
     return {
-        "num_images": n, "num_train": n - n_test, "num_test": n_test,
+        "num_images": n + added, "num_train": n + added - n_test, "num_test": n_test,
+        "added_test": added,
         "classes": sorted(label for label, _ in task.labels),
         "attribute_group": task.group,
         "defining_classes": [class_names[i] for i in task.defining],
@@ -448,18 +488,19 @@ def _fashion_pool(root: str) -> tuple[np.ndarray, list[np.ndarray]]:
     return images, by_class
 
 
-def _fashion_records(task: PoolTask, n: int, seed: int, task_id: str, root: str) -> list[Record]:
-    return _pool_records(task, n, seed, task_id, _fashion_pool(root))
+def _fashion_records(task: PoolTask, n: int, seed: int, task_id: str, scale: float,
+                     root: str) -> list[Record]:
+    return _pool_records(task, n, seed, task_id, scale, _fashion_pool(root))
 
 
 def _fashion_spec(task: PoolTask, size: int, seed: int, scale: float, root: Path) -> TaskSpec:
     task_id = f"fashion_mnist/{task.group}/{task.slug}"
-    n = _scaled(size, scale, task.min_size(), task.capacity(_FASHION_PER_CLASS))
-    meta = _pool_meta(task, n, FASHION_CLASSES) | {
-        "seed": seed, "source": f"Fashion-MNIST ({root})"}
+    n = _scaled(size, scale, task.min_size(), task.room(_FASHION_PER_CLASS, scale))
+    meta = _pool_meta(task, n, FASHION_CLASSES, _FASHION_PER_CLASS, scale) | {
+        "seed": seed, "dealt_size": size, "source": f"Fashion-MNIST ({root})"}
     return TaskSpec(task_id, "fashion_mnist", task.name,
                     ("fashion_mnist", *task.group.split("/"), task.name),
-                    partial(_fashion_records, task, n, seed, task_id, str(root)), meta)
+                    partial(_fashion_records, task, n, seed, task_id, scale, str(root)), meta)
 
 
 # --------------------------------------------------------------------------- digits
@@ -511,17 +552,17 @@ def _digits_pool() -> tuple[np.ndarray, list[np.ndarray]]:
     return images, by_class
 
 
-def _digit_records(task: PoolTask, n: int, seed: int, task_id: str) -> list[Record]:
-    return _pool_records(task, n, seed, task_id, _digits_pool())
+def _digit_records(task: PoolTask, n: int, seed: int, task_id: str, scale: float) -> list[Record]:
+    return _pool_records(task, n, seed, task_id, scale, _digits_pool())
 
 
 def _digit_spec(task: PoolTask, size: int, seed: int, scale: float) -> TaskSpec:
     task_id = f"digits/{task.group}/{task.slug}"
-    n = _scaled(size, scale, task.min_size(), task.capacity(_DIGITS_PER_CLASS))
-    meta = _pool_meta(task, n, DIGIT_CLASSES) | {
-        "seed": seed, "source": "scikit-learn load_digits (UCI optical digits)"}
+    n = _scaled(size, scale, task.min_size(), task.room(_DIGITS_PER_CLASS, scale))
+    meta = _pool_meta(task, n, DIGIT_CLASSES, _DIGITS_PER_CLASS, scale) | {
+        "seed": seed, "dealt_size": size, "source": "scikit-learn load_digits (UCI optical digits)"}
     return TaskSpec(task_id, "digits", task.name, ("digits", task.group, task.name),
-                    partial(_digit_records, task, n, seed, task_id), meta)
+                    partial(_digit_records, task, n, seed, task_id, scale), meta)
 
 
 # --------------------------------------------------------------------------- glyphs
@@ -643,30 +684,36 @@ def _glyph_spec(script: GlyphScript, size: int, seed: int, scale: float) -> Task
     n = _scaled(size, scale, MIN_PER_CLASS * k, None)
     per_class = _split_evenly(n, k)
     n_test = sum(_test_count(q) for q in per_class)
+    added = _test_shortfall(n_test, scale)
     labels = [_char_label(ch, script.row.script) for ch in chars]
     meta = {
-        "num_images": n, "num_train": n - n_test, "num_test": n_test,
-        "classes": sorted(labels), "seed": seed,
+        "num_images": n + added, "num_train": n - n_test, "num_test": n_test + added,
+        "added_test": added,
+        "classes": sorted(labels), "seed": seed, "dealt_size": size,
         "script": script.row.script, "characters": [f"U+{ord(c):04X}" for c in chars],
         "fonts": [Path(f).name for f in script.fonts],
         "source": f"Noto fonts ({Path(script.fonts[0]).parent})",
     }
     return TaskSpec(task_id, "glyphs", script.row.script, script.row.path,
-                    partial(_glyph_records, chars, tuple(labels), script.fonts, n, seed, task_id),
+                    partial(_glyph_records, chars, tuple(labels), script.fonts, n, added, seed,
+                            task_id),
                     meta)
 
 
 def _glyph_records(chars: tuple[str, ...], labels: tuple[str, ...], fonts: tuple[str, ...],
-                   n: int, seed: int, task_id: str) -> list[Record]:
-    rng = _task_rng(seed, task_id)
-    records = []
-    for ch, label, count in zip(chars, labels, _split_evenly(n, len(chars))):
+                   n: int, added: int, seed: int, task_id: str) -> list[Record]:
+    rng, more = _task_rng(seed, task_id), _task_rng(seed, task_id, stream=3)
+    records, extra = [], []
+    for ch, label, count, k in zip(chars, labels, _split_evenly(n, len(chars)),
+                                   _split_evenly(added, len(chars))):
         faces = [f for f in fonts if f == fonts[0] or _glyph_key(f, ch) is not None]
         n_test = _test_count(count)
         for j in range(count):
             image = render_glyph(ch, faces[int(rng.integers(len(faces)))], rng)
             records.append(Record(image, label, "test" if j < n_test else "train"))
-    return [records[i] for i in rng.permutation(len(records))]
+        extra += [Record(render_glyph(ch, faces[int(more.integers(len(faces)))], more), label,
+                         "test") for _ in range(k)]
+    return [records[i] for i in rng.permutation(len(records))] + extra
 
 
 def render_glyph(ch: str, font_path: str, rng: np.random.Generator,

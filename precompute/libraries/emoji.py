@@ -37,7 +37,7 @@ import numpy as np
 from ..errors import Task2VecError
 from .base import Record, TaskSpec
 from .demo import (MIN_PER_CLASS, _deal_sizes, _scaled, _split_evenly, _task_rng,
-                   _test_count)
+                   _test_count, _test_shortfall)
 
 __all__ = ["read_emoji_tasks", "emoji_inventory", "render_emoji", "EMOJI_FONT", "EMOJI_TEST"]
 
@@ -135,29 +135,35 @@ def _emoji_spec(group: str, subgroup: str | None, members, size: int, seed: int,
         pools = tuple((members[i].text,) for i in picked)
     n = _scaled(size, scale, MIN_PER_CLASS * len(labels), None)
     n_test = sum(_test_count(q) for q in _split_evenly(n, len(labels)))
+    added = _test_shortfall(n_test, scale)
     meta = {
-        "num_images": n, "num_train": n - n_test, "num_test": n_test,
-        "classes": sorted(labels), "seed": seed, "group": group, "subgroup": subgroup,
+        "num_images": n + added, "num_train": n - n_test, "num_test": n_test + added,
+        "added_test": added,
+        "classes": sorted(labels), "seed": seed, "dealt_size": size, "group": group, "subgroup": subgroup,
         "emoji": {label: list(pool) for label, pool in zip(labels, pools)},
         "source": f"Noto Color Emoji ({EMOJI_FONT}), Unicode emoji-test.txt ({EMOJI_TEST})",
     }
     return TaskSpec(task_id, "emoji", taxonomy[-1], taxonomy,
-                    partial(_emoji_records, labels, pools, n, seed, task_id, str(EMOJI_FONT)),
+                    partial(_emoji_records, labels, pools, n, added, seed, task_id, str(EMOJI_FONT)),
                     meta)
 
 
 def _emoji_records(labels: tuple[str, ...], pools: tuple[tuple[str, ...], ...], n: int,
-                   seed: int, task_id: str, font: str) -> list[Record]:
-    rng = _task_rng(seed, task_id)
-    records = []
-    for label, pool, count in zip(labels, pools, _split_evenly(n, len(labels))):
+                   added: int, seed: int, task_id: str, font: str) -> list[Record]:
+    rng, more = _task_rng(seed, task_id), _task_rng(seed, task_id, stream=3)
+    records, extra = [], []
+    for label, pool, count, k in zip(labels, pools, _split_evenly(n, len(labels)),
+                                     _split_evenly(added, len(labels))):
         # Every emoji of the label equally often, in a seeded order, so that train and test
         # draw from the same mix.
         picks = rng.permutation(np.arange(count) % len(pool))
         n_test = _test_count(count)
         records += [Record(render_emoji(pool[i], rng, font=font), label,
                            "test" if j < n_test else "train") for j, i in enumerate(picks)]
-    return [records[i] for i in rng.permutation(len(records))]
+        # more test images (demo._test_shortfall), from their own generator
+        extra += [Record(render_emoji(pool[i], more, font=font), label, "test")
+                  for i in more.permutation(np.arange(k) % len(pool))]
+    return [records[i] for i in rng.permutation(len(records))] + extra
 
 
 # --------------------------------------------------------------------------- rendering
