@@ -147,16 +147,16 @@ def load_task(
     suffix = path.suffix.lower()
     if path.is_dir():
         task_name = name or path.resolve().name
-        items = _items_from_folder(path, shown_root=shown_name(path))
+        items = class_folder_items(path, shown_root=shown_name(path))
         return _build(task_name, items, size, progress, source=str(path))
     if suffix == ".zip":
         # The temporary folder goes away on success and on every error alike.
         with tempfile.TemporaryDirectory(prefix="task2vec-zip-") as tmp:
             _extract_zip(path, Path(tmp))
-            items = _items_from_folder(Path(tmp), shown_root=shown_name(path))
+            items = class_folder_items(Path(tmp), shown_root=shown_name(path))
             return _build(name or path.stem, items, size, progress, source=str(path))
     if suffix == ".csv":
-        items = _items_from_csv(path)
+        items = csv_items(path)
         return _build(name or path.stem, items, size, progress, source=str(path))
     raise Task2VecError(
         f"unsupported task file {shown_name(path)}: give a folder with one subfolder per class, "
@@ -211,7 +211,7 @@ def task_from_arrays(
     index = {value: i for i, value in enumerate(distinct)}
     label_ids = [index[v] for v in values]
     counts = Counter(label_ids)
-    _check_class_counts(classes, [counts[i] for i in range(len(classes))], where="the labels")
+    check_class_counts(classes, [counts[i] for i in range(len(classes))], where="the labels")
 
     out = np.empty((len(pixels), size, size, 3), dtype=np.uint8)
     for i, pixel in enumerate(pixels):
@@ -329,10 +329,14 @@ def _decode_all(files: list[tuple[str, str]], size: int, progress: bool, desc: s
 
 
 @dataclass(frozen=True)
-class _Item:
+class Item:
+    """One image of a task as the readers find it (a user library's also name its task)."""
+
     path: str  # where to read it
     shown: str  # what to call it in messages
     label: str  # class name
+    task: str = ""  # user libraries: the task it belongs to
+    taxonomy: tuple[str, ...] = ()  # user libraries: the task's taxonomy, root first
 
 
 def _ignored(name: str) -> bool:
@@ -343,7 +347,7 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _visible_entries(folder: Path, shown: str) -> list[os.DirEntry]:
+def visible_entries(folder: Path, shown: str) -> list[os.DirEntry]:
     try:
         with os.scandir(folder) as entries:
             return sorted((e for e in entries if not _ignored(e.name)), key=lambda e: e.name)
@@ -351,13 +355,13 @@ def _visible_entries(folder: Path, shown: str) -> list[os.DirEntry]:
         raise Task2VecError(f"cannot read folder {shown}: {exc.strerror}") from None
 
 
-def _items_from_folder(root: Path, shown_root: str) -> list[_Item]:
+def class_folder_items(root: Path, shown_root: str) -> list[Item]:
     """One item per image in ``root/<class>/``, classes and files sorted by name."""
     shown = shown_root
-    entries = _visible_entries(root, shown)
+    entries = visible_entries(root, shown)
     # Descend through wrapper folders: a root holding only one folder that holds folders.
     while len(entries) == 1 and entries[0].is_dir():
-        inner = _visible_entries(Path(entries[0].path), f"{shown}/{shown_name(entries[0].name)}")
+        inner = visible_entries(Path(entries[0].path), f"{shown}/{shown_name(entries[0].name)}")
         if not any(e.is_dir() for e in inner):
             break
         root, shown, entries = Path(entries[0].path), f"{shown}/{shown_name(entries[0].name)}", inner
@@ -375,13 +379,13 @@ def _items_from_folder(root: Path, shown_root: str) -> list[_Item]:
             "the class (e.g. cat/1.png, dog/2.png)"
         )
 
-    items: list[_Item] = []
+    items: list[Item] = []
     counts: list[int] = []
     for class_dir in class_dirs:
         label = shown_name(class_dir.name)
         class_shown = f"{shown}/{label}"
         count = 0
-        for entry in _visible_entries(Path(class_dir.path), class_shown):
+        for entry in visible_entries(Path(class_dir.path), class_shown):
             entry_shown = f"{class_shown}/{shown_name(entry.name)}"
             if entry.is_dir():
                 raise Task2VecError(
@@ -393,10 +397,10 @@ def _items_from_folder(root: Path, shown_root: str) -> list[_Item]:
                     f"not an image: {entry_shown} (supported: "
                     f"{', '.join(sorted(IMAGE_EXTENSIONS))}); remove it from the class folder"
                 )
-            items.append(_Item(entry.path, entry_shown, label))
+            items.append(Item(entry.path, entry_shown, label))
             count += 1
         counts.append(count)
-    _check_class_counts([shown_name(d.name) for d in class_dirs], counts, where=shown)
+    check_class_counts([shown_name(d.name) for d in class_dirs], counts, where=shown)
     return items
 
 
@@ -480,44 +484,55 @@ def _check_member(info: zipfile.ZipInfo, shown: str) -> None:
 # --------------------------------------------------------------------------- CSV
 
 
-def _items_from_csv(csv_path: Path) -> list[_Item]:
-    """One item per CSV row; relative paths are relative to the CSV's folder."""
+def csv_items(csv_path: Path, *, tasks: bool = False) -> list[Item]:
+    """One item per CSV row; relative paths are relative to the CSV's folder.
+
+    ``tasks=True`` reads a user library's manifest: a ``task`` column too, and an optional
+    ``taxonomy`` (levels joined by ``/``); each task then passes the class-count checks."""
     shown = shown_name(csv_path)
     base = csv_path.parent
-    items: list[_Item] = []
+    needed = ("path", "label", "task") if tasks else ("path", "label")
+    columns = "path,label,task[,taxonomy]" if tasks else "path,label"
+    items: list[Item] = []
     missing: list[str] = []
     try:
         # utf-8-sig: spreadsheet programs put a byte-order mark in front of the header.
         with open(csv_path, encoding="utf-8-sig", newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames:
-                raise Task2VecError(f"CSV {shown} is empty; it needs a header row: path,label")
+                raise Task2VecError(f"CSV {shown} is empty; it needs a header row: {columns}")
             header = [(c or "").strip() for c in reader.fieldnames]
             reader.fieldnames = header
-            for column in ("path", "label"):
+            for column in needed:
                 if column not in header:
                     raise Task2VecError(
                         f"CSV {shown} has no '{column}' column (header: {', '.join(header)}); "
-                        "it needs the columns path,label"
+                        f"it needs the columns {columns}"
                     )
             for row in reader:
                 where = f"CSV {shown} line {reader.line_num}"
                 path_text = (row["path"] or "").strip()
                 label = (row["label"] or "").strip()
+                task = (row.get("task") or "").strip()
                 if not path_text:
                     raise Task2VecError(f"{where}: empty path; give an image path in every row")
                 if not label:
                     raise Task2VecError(f"{where}: empty label for {path_text}; give every row a label")
-                if not label.isprintable():
-                    raise Task2VecError(f"{where}: the label {shown_name(label)[:40]} holds a line "
-                                        "break or control character (an unterminated quote?)")
+                if tasks and not task:
+                    raise Task2VecError(f"{where}: empty task for {path_text}; give every row a task")
+                for what, text in (("label", label), ("task", task)):
+                    if not text.isprintable():
+                        raise Task2VecError(f"{where}: the {what} {shown_name(text)[:40]} holds a "
+                                            "line break or control character (an unterminated quote?)")
                 full = Path(path_text) if os.path.isabs(path_text) else base / path_text
                 if not full.is_file():
                     missing.append(f"{where}: file not found: {shown_name(path_text)}")
                 elif not _is_image_name(path_text):
                     raise Task2VecError(f"{where}: not an image: {shown_name(path_text)}")
                 else:
-                    items.append(_Item(str(full), shown_name(path_text), label))
+                    taxonomy = tuple(t.strip() for t in (row.get("taxonomy") or "").split("/")
+                                     if t.strip()) if tasks else ()
+                    items.append(Item(str(full), shown_name(path_text), label, task, taxonomy))
     except UnicodeDecodeError:
         raise Task2VecError(f"CSV {shown} is not UTF-8 text; save it as UTF-8") from None
     except csv.Error as exc:
@@ -529,16 +544,18 @@ def _items_from_csv(csv_path: Path) -> list[_Item]:
         )
     if not items:
         raise Task2VecError(f"CSV {shown} has a header but no rows; add one row per image")
-    counts = Counter(item.label for item in items)
-    classes = sorted(counts)
-    _check_class_counts(classes, [counts[c] for c in classes], where=f"CSV {shown}")
+    for task in sorted({item.task for item in items}):
+        counts = Counter(item.label for item in items if item.task == task)
+        classes = sorted(counts)
+        check_class_counts(classes, [counts[c] for c in classes],
+                           where=f"task {task} of CSV {shown}" if tasks else f"CSV {shown}")
     return items
 
 
 # --------------------------------------------------------------------------- shared checks
 
 
-def _build(name: str, items: list[_Item], size: int, progress: bool, source: str) -> TaskData:
+def _build(name: str, items: list[Item], size: int, progress: bool, source: str) -> TaskData:
     """Items (already validated) -> TaskData, classes sorted by name."""
     classes = sorted({item.label for item in items})
     index = {c: i for i, c in enumerate(classes)}
@@ -552,7 +569,7 @@ def _build(name: str, items: list[_Item], size: int, progress: bool, source: str
     )
 
 
-def _check_class_counts(classes: list[str], counts: list[int], where: str) -> None:
+def check_class_counts(classes: list[str], counts: list[int], where: str) -> None:
     """The checks every task passes: some images, 2..MAX_CLASSES classes, 2+ images each."""
     if sum(counts) == 0:
         raise Task2VecError(f"no images found in {where}")
