@@ -136,38 +136,37 @@ def app_expert_errors(task_ids) -> dict:
 
 @pytest.fixture(scope="session")
 def app_library_experts(app_library, tmp_path_factory) -> Path:
-    """A copy of ``app_library`` with expert tables (schema of the experts issue) holding the
+    """A copy of ``app_library`` with the expert tables (the store's own schema) holding the
     hand-chosen numbers above."""
     import json
     import shutil
 
     import duckdb
 
+    from precompute import store
+
     db = tmp_path_factory.mktemp("app_experts") / "app_experts.duckdb"
     shutil.copy(app_library, db)
     con = duckdb.connect(str(db))
     try:
         ids = [r[0] for r in con.execute("SELECT task_id FROM tasks").fetchall()]
-        con.execute("CREATE TABLE experts (expert_id VARCHAR PRIMARY KEY, name VARCHAR, "
-                    "kind VARCHAR, source_tasks VARCHAR[], meta JSON)")
+        con.execute(store.expert_schema(int(store.get_info(con)["filters"])))
         for eid, name in APP_EXPERTS.items():
             kind = "imagenet" if eid == "e_imagenet" else "finetuned"
             sources = [t for t in ids if t.startswith(eid[2:])]
             con.execute("INSERT INTO experts VALUES (?, ?, ?, ?, '{}')", [eid, name, kind, sources])
-        con.execute("CREATE TABLE performance (expert_id VARCHAR, task_id VARCHAR, test_error DOUBLE, "
-                    "train_error DOUBLE, seconds DOUBLE)")
-        con.executemany("INSERT INTO performance VALUES (?, ?, ?, ?, 1.0)",
+        con.executemany("INSERT INTO performance (expert_id, task_id, test_error, train_error, "
+                        "seconds) VALUES (?, ?, ?, ?, 1.0)",
                         [(e, t, err, err / 2) for (e, t), err in app_expert_errors(ids).items()])
-        con.execute("CREATE TABLE selector_rankings (selector VARCHAR, task_id VARCHAR, ranking VARCHAR[])")
         for t in ids:
             own = "e_digits" if t.startswith("digits") else "e_fashion"
             con.execute("INSERT INTO selector_rankings VALUES ('model2vec', ?, ?)",
                         [t, [own, "e_imagenet"]])
             con.execute("INSERT INTO selector_rankings VALUES ('task2vec', ?, ?)",
                         [t, ["e_imagenet", own]])
-        con.execute("CREATE TABLE selection_results (selector VARCHAR, relative_error_increase DOUBLE, "
-                    "relative_error_increase_std DOUBLE, top1 DOUBLE, top3 DOUBLE, seconds DOUBLE, meta JSON)")
-        con.executemany("INSERT INTO selection_results VALUES (?, ?, ?, ?, ?, ?, '{}')", APP_SELECTION)
+        con.executemany("INSERT INTO selection_results (selector, relative_error_increase, "
+                        "relative_error_increase_std, top1, top3, seconds, meta) "
+                        "VALUES (?, ?, ?, ?, ?, ?, '{}')", APP_SELECTION)
         con.execute("INSERT INTO library_info VALUES ('optimal_error', ?)", [json.dumps(0.055)])
     finally:
         con.close()
