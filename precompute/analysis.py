@@ -1,8 +1,11 @@
 """Checks that the embedding means something (paper section 4.1), computed from a library file.
 
-- Taxonomy (Fig. 2 centre): rank correlation between the symmetric TASK2VEC distance and the
-  taxonomic distance, and the neighbourhood curve: the mean taxonomic distance of a task's k
-  nearest tasks, against chance (a random neighbour) and the taxonomy itself (the best possible).
+- Taxonomy (Fig. 2 centre), for each family with a taxonomy (glyphs: script genealogy; emoji:
+  Unicode group > subgroup): rank correlation between the symmetric TASK2VEC distance and the
+  taxonomic distance, with a bootstrap interval over tasks, beside the domain embedding's; the
+  neighbourhood curve: the mean taxonomic distance of a task's k nearest tasks, against
+  chance (a random neighbour) and the taxonomy itself (the best possible); and the size
+  correlation (how much the distance follows the tasks' sizes instead).
 - Shared domain (Fig. 1): among tasks on one domain, how often a task's nearest neighbours are
   related tasks, with TASK2VEC and with the domain embedding; for the whole family, and for
   its branch of tasks drawn from one image pool, where only the labels differ (the paper's
@@ -31,6 +34,7 @@ class LibraryView:
     related: list[set[str]]
     task_distance: np.ndarray  # symmetric TASK2VEC distance [n, n]
     domain_distance: np.ndarray | None  # cosine distance of domain embeddings [n, n]
+    num_train: list[int]
 
     @classmethod
     def load(cls, path, method: str | None = None) -> "LibraryView":
@@ -41,7 +45,7 @@ class LibraryView:
             ids, fisher = store.embedding_matrix(con, method)
             dom_ids, domain = store.embedding_matrix(con, "domain")
             rows = {r[0]: r[1:] for r in con.execute(
-                "SELECT task_id, family, taxonomy, meta FROM tasks").fetchall()}
+                "SELECT task_id, family, taxonomy, meta, num_train FROM tasks").fetchall()}
         finally:
             con.close()
         return cls(
@@ -49,7 +53,8 @@ class LibraryView:
             taxonomy=[tuple(rows[t][1]) for t in ids],
             related=[set(json.loads(rows[t][2]).get("related", [])) for t in ids],
             task_distance=distances.symmetric_matrix(fisher),
-            domain_distance=distances.cosine_matrix(domain) if dom_ids == ids else None)
+            domain_distance=distances.cosine_matrix(domain) if dom_ids == ids else None,
+            num_train=[int(rows[t][3]) for t in ids])
 
     def subset(self, family: str, branch: str | None = None) -> "LibraryView":
         """The tasks of one family, or of one branch (second taxonomy level) of it."""
@@ -60,7 +65,8 @@ class LibraryView:
             [self.ids[i] for i in keep], [self.family[i] for i in keep],
             [self.taxonomy[i] for i in keep], [self.related[i] for i in keep],
             self.task_distance[pick],
-            None if self.domain_distance is None else self.domain_distance[pick])
+            None if self.domain_distance is None else self.domain_distance[pick],
+            [self.num_train[i] for i in keep])
 
 
 def taxonomy_matrix(paths: list[tuple[str, ...]]) -> np.ndarray:
@@ -131,25 +137,42 @@ def related_precision(dist: np.ndarray, ids: list[str], related: list[set[str]],
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def report(path, taxonomy_family: str = "glyphs", domain_family: str = "fashion_mnist",
-           k: int = 5, one_pool_branch: str = WHOLE_POOL) -> dict:
-    """All checks for one library file; families missing from the file are skipped."""
+TAXONOMY_FAMILIES = ("glyphs", "emoji")  # the families whose taxonomy is a real hierarchy
+# Families whose related tasks share images: Fashion-MNIST (the whole family, and its branch
+# drawn from one pool) and emoji (a group task holds the images of its subgroup tasks).
+SHARED_DOMAIN = (("shared_domain", "fashion_mnist", None), ("one_pool", "fashion_mnist", WHOLE_POOL),
+                 ("emoji_shared", "emoji", None))
+
+
+def report(path, k: int = 5, draws: int = 1000, seed: int = 0) -> dict:
+    """All checks for one library file; families missing from the file are skipped.
+
+    ``draws`` bootstrap resamples of the tasks (seeded by ``seed``) give the 95 % intervals
+    of the taxonomy correlations (0: no intervals)."""
     view = LibraryView.load(path)
-    out: dict = {"tasks": len(view.ids)}
-    if view.family.count(taxonomy_family) >= 5:
-        sub = view.subset(taxonomy_family)
+    out: dict = {"tasks": len(view.ids), "taxonomy": {}}
+    for family in TAXONOMY_FAMILIES:
+        if view.family.count(family) < 5:
+            continue
+        sub = view.subset(family)
         tax = taxonomy_matrix(sub.taxonomy)
         rho, p = taxonomy_correlation(sub.task_distance, tax)
-        out["taxonomy"] = {"family": taxonomy_family, "tasks": len(sub.ids), "spearman": rho,
-                           "p_value": p, "curve": neighbourhood_curve(sub.task_distance, tax)}
+        entry = {"family": family, "tasks": len(sub.ids), "spearman": rho, "p_value": p,
+                 "curve": neighbourhood_curve(sub.task_distance, tax),
+                 "size": size_correlation(sub.task_distance, sub.num_train)}
+        if draws:
+            entry["interval"] = bootstrap_correlation(sub.task_distance, tax, draws=draws, seed=seed)
         if sub.domain_distance is not None:
-            out["taxonomy"]["spearman_domain"] = taxonomy_correlation(sub.domain_distance, tax)[0]
-    # The domain family as a whole, and its branch of tasks that share one image pool (the
-    # paper's iMaterialist setting: only the labels differ between tasks).
-    for key, branch in (("shared_domain", None), ("one_pool", one_pool_branch)):
-        sub = view.subset(domain_family, branch)
-        if len(sub.ids) >= k + 1:
-            out[key] = _related_check(sub, k) | {"family": domain_family, "branch": branch}
+            entry["spearman_domain"] = taxonomy_correlation(sub.domain_distance, tax)[0]
+            entry["size_domain"] = size_correlation(sub.domain_distance, sub.num_train)
+            if draws:
+                entry["interval_domain"] = bootstrap_correlation(sub.domain_distance, tax,
+                                                                 draws=draws, seed=seed)
+        out["taxonomy"][family] = entry
+    for key, family, branch in SHARED_DOMAIN:
+        sub = view.subset(family, branch)
+        if len(sub.ids) >= k + 1 and any(sub.related):
+            out[key] = _related_check(sub, k) | {"family": family, "branch": branch}
     return out
 
 
@@ -166,12 +189,22 @@ def _related_check(sub: LibraryView, k: int) -> dict:
 def markdown(result: dict) -> str:
     """The report as the Markdown that goes into docs/RESULTS.md."""
     lines = [f"Library: {result['tasks']} tasks.", ""]
-    if "taxonomy" in result:
-        t = result["taxonomy"]
+
+    def rho(t, suffix=""):
+        text = f"{t['spearman' + suffix]:.3f}"
+        if "interval" + suffix in t:
+            lo, hi = t["interval" + suffix]
+            text += f" [{lo:.3f}, {hi:.3f}]"
+        return text
+
+    for t in result.get("taxonomy", {}).values():
         lines += [f"### Taxonomy ({t['family']}, {t['tasks']} tasks)", "",
-                  f"- Spearman rho between symmetric TASK2VEC distance and taxonomic distance: "
-                  f"**{t['spearman']:.3f}** (p = {t['p_value']:.2g})"
-                  + (f"; domain embedding: {t['spearman_domain']:.3f}" if "spearman_domain" in t else ""),
+                  "| measure | TASK2VEC | domain embedding |", "|---|---|---|",
+                  f"| Spearman rho, distance vs taxonomic distance (95 % bootstrap over tasks) | "
+                  f"**{rho(t)}** (p = {t['p_value']:.2g}) | "
+                  + (rho(t, "_domain") if "spearman_domain" in t else "") + " |",
+                  f"| Spearman rho, distance vs abs(log size ratio) (0 is the goal) | {t['size']:.3f} | "
+                  + (f"{t['size_domain']:.3f}" if "size_domain" in t else "") + " |",
                   "", "Neighbourhood curve (paper Fig. 2 centre): mean taxonomic distance of the "
                   "k nearest tasks.", "", "| k | TASK2VEC | taxonomy (floor) | chance |", "|---|---|---|---|"]
         c = t["curve"]
@@ -180,7 +213,8 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {c['k'][i]} | {c['embedding'][i]:.2f} | {c['taxonomy'][i]:.2f} | "
                              f"{c['chance'][i]:.2f} |")
         lines.append("")
-    for key, title in (("shared_domain", "Shared domain"), ("one_pool", "One image pool")):
+    for key, title in (("shared_domain", "Shared domain"), ("one_pool", "One image pool"),
+                       ("emoji_shared", "Shared images (a group task and its subgroup tasks)")):
         if key not in result:
             continue
         s = result[key]

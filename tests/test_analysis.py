@@ -54,3 +54,52 @@ def test_bootstrap_interval_over_tasks_and_the_size_correlation():
     by_size = np.abs(np.log(sizes)[:, None] - np.log(sizes)[None])
     assert analysis.size_correlation(by_size, sizes) == pytest.approx(1.0)
     assert abs(analysis.size_correlation(tax, sizes)) < 0.3
+
+
+def _library_file(path, tasks, fisher, domain):
+    """A library file with the given tasks [(id, family, taxonomy, related, num_train)] and
+    embeddings, written through the store's schema."""
+    import json
+
+    from precompute import store
+
+    con = store.connect(path, fisher.shape[1])
+    store.set_info(con, methods=["rademacher", "domain"], filters=fisher.shape[1])
+    for (tid, family, tax, related, n), f, d in zip(tasks, fisher, domain):
+        con.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ['a', 'b'], [1, 1], ?, 10, ?)",
+                    [tid, family, tid, list(tax), n, json.dumps({"related": related})])
+        for method, value in (("rademacher", f), ("domain", d)):
+            con.execute("INSERT INTO embeddings VALUES (?, ?, ?, 1e-5, 1.0, 0.0, '{}')",
+                        [tid, method, store.encode(value)])
+    con.close()
+
+
+def test_report_checks_the_emoji_taxonomy_and_its_shared_images(tmp_path):
+    """Three groups of three subgroups: the Fisher embeddings follow the taxonomy (a subgroup
+    is its group's embedding, slightly moved), the domain embeddings are noise."""
+    rng = np.random.default_rng(0)
+    tasks, fisher = [], []
+    for g in range(3):
+        base = rng.uniform(1, 2, 64)
+        subs = [f"emoji/g{g}/s{s}" for s in range(3)]
+        tasks.append((f"emoji/g{g}", "emoji", ("emoji", f"G{g}"), subs, 100))
+        fisher.append(base)
+        for s, sub in enumerate(subs):
+            tasks.append((sub, "emoji", ("emoji", f"G{g}", f"S{s}"), [f"emoji/g{g}"],
+                          int(rng.integers(50, 5000))))
+            fisher.append(base * rng.uniform(0.95, 1.05, 64))
+    db = tmp_path / "lib.duckdb"
+    _library_file(db, tasks, np.array(fisher, np.float32), rng.uniform(0, 1, (12, 64)).astype(np.float32))
+    out = analysis.report(db, k=3, draws=200)
+    t = out["taxonomy"]["emoji"]
+    assert t["tasks"] == 12 and "glyphs" not in out["taxonomy"]
+    assert t["spearman"] > 0.5 and t["interval"][0] < t["spearman"] < t["interval"][1]
+    assert abs(t["spearman_domain"]) < 0.3
+    # a group task's 3 nearest are its 3 subgroups (1 related of 1); a subgroup's are its group
+    # and its 2 siblings (1 related of 3): (3 x 1 + 9 x 1/3) / 12
+    s = out["emoji_shared"]
+    assert s["task2vec"] == pytest.approx(0.5)
+    assert s["chance"] == pytest.approx((3 * 3 / 11 + 9 * 1 / 11) / 12)
+    assert "shared_domain" not in out and "one_pool" not in out
+    text = analysis.markdown(out)
+    assert "Taxonomy (emoji, 12 tasks)" in text and "Shared images" in text

@@ -41,8 +41,10 @@ def checks(slice_library):
 
 
 def test_glyph_distances_follow_the_script_genealogy(checks):
-    t = checks["taxonomy"]
+    t = checks["taxonomy"]["glyphs"]
     assert t["tasks"] == len(SCRIPTS)
+    lo, hi = t["interval"]
+    assert lo < t["spearman"] < hi
     # Over all 120 pairs the correlation is weak (rademacher at 32 px: 0.143, sampled labels
     # 0.09; the domain embedding's is stronger, 0.35, docs/RESULTS.md), but positive
     assert t["spearman"] > 0.05
