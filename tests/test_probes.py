@@ -72,3 +72,45 @@ def test_weights_are_loaded_strictly(tmp_path):
 def test_unknown_probe():
     with pytest.raises(Task2VecError, match="efficientnet_lite0"):
         probes.create("vgg16")
+
+
+@pytest.mark.parametrize("groups, cin, cout, kernel, stride, side", [
+    (8, 8, 8, 5, 1, 1), (8, 8, 8, 3, 2, 1), (1, 6, 4, 3, 1, 1),  # one input pixel
+    (8, 8, 8, 5, 2, 2), (1, 5, 7, 3, 2, 2),  # 2x2 -> 1x1, asymmetric 'SAME' padding
+    (8, 8, 8, 3, 1, 2), (8, 8, 8, 5, 2, 3)])  # several output pixels: the ordinary path
+def test_same_padding_conv_with_one_output_pixel_is_the_padded_conv(groups, cin, cout, kernel,
+                                                                     stride, side):
+    """The single-output-pixel shortcut of Conv2dSame (the last stages at 32 px) gives the
+    padded convolution's values and gradients."""
+    import math
+
+    from precompute.probes.efficientnet_lite import Conv2dSame
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(cin, cout, kernel, stride=stride, groups=groups, bias=True)
+    x = torch.randn(3, cin, side, side, requires_grad=True)
+    pad = max((math.ceil(side / stride) - 1) * stride + kernel - side, 0)
+    reference = F.conv2d(F.pad(x, [pad // 2, pad - pad // 2] * 2), conv.weight, conv.bias,
+                         stride, 0, 1, groups)
+    out = conv(x)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    g_out = torch.autograd.grad(out.square().sum(), (x, conv.weight))
+    g_ref = torch.autograd.grad(reference.square().sum(), (x, conv.weight))
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resnet_tail_holds_the_last_stages(tmp_path):
+    import torchvision
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    probe = probes.create("resnet18", weights=path)
+    x = torch.randn(2, 3, 64, 64)
+    for stages, first in ((1, "layer4"), (2, "layer3")):
+        trunk, tail = probe.split(stages)
+        with torch.no_grad():
+            torch.testing.assert_close(tail(trunk(x)), probe.backbone(x))
+        assert tail[0] is getattr(probe.backbone, first)  # shares the probe's weights
+    with pytest.raises(Task2VecError, match="1 to 4 stages"):
+        probe.split(5)

@@ -26,15 +26,15 @@ class Probe(nn.Module):
     The task embedding has one value per filter of ``filter_layers()``: every ``Conv2d`` output
     channel and every ``BatchNorm2d`` channel of the backbone, in module order.
 
-    ``splitter``: the architecture's cut into trunk and tail (:meth:`split`), for backbones
-    that are not this project's own modules (torchvision's ResNet).
+    ``splitter``: ``(backbone, stages) -> (trunk, tail)``, the architecture's cut (:meth:`split`),
+    for backbones that are not this project's own modules (torchvision's ResNet).
     """
 
     def __init__(self, name: str, backbone: nn.Module, classifier: nn.Linear | None,
                  feature_dim: int, input_size: int,
                  mean: tuple[float, float, float] = IMAGENET_MEAN,
                  std: tuple[float, float, float] = IMAGENET_STD,
-                 splitter: Callable[[nn.Module], tuple[nn.Module, nn.Module]] | None = None):
+                 splitter: Callable[[nn.Module, int], tuple[nn.Module, nn.Module]] | None = None):
         super().__init__()
         self.name = name
         self._splitter = splitter
@@ -61,24 +61,29 @@ class Probe(nn.Module):
     def num_filters(self) -> int:
         return sum(self.filter_counts())
 
-    def split(self) -> tuple[nn.Module, nn.Module]:
+    def split(self, stages: int = 1) -> tuple[nn.Module, nn.Module]:
         """(trunk, tail) with ``tail(trunk(x)) == backbone(x)``; both share the probe's weights.
 
-        The trunk is frozen and shared by all experts; the tail is what an expert fine-tunes
-        (paper section 4.2). Each architecture says where to cut: its backbone's own
-        ``split()`` or the ``splitter`` it registered; a plain ``nn.Sequential`` backbone is
-        cut before its last convolution.
+        The trunk is frozen and shared by all experts; the tail, the last ``stages`` stages of
+        the backbone, is what an expert fine-tunes (paper section 4.2). Each architecture says
+        where its stages begin: its backbone's own ``split(stages)`` or the
+        ``splitter(backbone, stages)`` it registered; a plain ``nn.Sequential`` backbone is
+        cut before its ``stages``-th last convolution.
         """
+        if stages < 1:
+            raise Task2VecError(f"the tail needs at least 1 stage, not {stages}")
         if hasattr(self.backbone, "split"):
-            return self.backbone.split()
+            return self.backbone.split(stages)
         if self._splitter is not None:
-            return self._splitter(self.backbone)
+            return self._splitter(self.backbone, stages)
         bb = self.backbone
         if isinstance(bb, nn.Sequential):
             convs = [i for i, m in enumerate(bb) if isinstance(m, nn.Conv2d)]
-            if convs:
-                return nn.Sequential(*bb[:convs[-1]]), Pooled(*bb[convs[-1]:])
-        raise Task2VecError(f"probe {self.name!r} cannot be split into a frozen trunk and a tail")
+            if len(convs) >= stages:
+                cut = convs[-stages]
+                return nn.Sequential(*bb[:cut]), Pooled(*bb[cut:])
+        raise Task2VecError(f"probe {self.name!r} cannot be split into a frozen trunk and a "
+                            f"tail of {stages} stage(s)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.classifier is None:

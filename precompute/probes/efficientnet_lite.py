@@ -57,6 +57,21 @@ class Conv2dSame(nn.Conv2d):
         sh, sw = self.stride
         ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
         pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if (math.ceil(ih / sh) == math.ceil(iw / sw) == 1 and self.dilation == (1, 1)
+                and self.groups in (1, self.in_channels)):
+            # One output pixel: it sees the whole input through the kernel taps
+            # [ph // 2, ph // 2 + ih) x [pw // 2, pw // 2 + iw), the rest is padding, so the
+            # convolution is a matrix product (depthwise: a per-channel weighted sum). Same
+            # values and gradients; at 32 px the last stages run at 2x2 and 1x1, where
+            # PyTorch's CPU depthwise convolution took 80 % of their time (3x faster, measured).
+            window = weight[:, :, ph // 2:ph // 2 + ih, pw // 2:pw // 2 + iw]
+            if self.groups == 1:
+                y = x.flatten(1) @ window.flatten(1).T
+            else:
+                y = (x * window[:, 0]).sum(dim=(2, 3))
+            if bias is not None:
+                y = y + bias
+            return y[:, :, None, None]
         if ph or pw:
             x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
         return super()._conv_forward(x, weight, bias)
@@ -93,12 +108,14 @@ class EfficientNetLiteBackbone(nn.Module):
         self._conv_stem = Conv2dSame(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS)
         blocks = []
+        self.stage_starts: list[int] = []  # index of each stage's first block
         last = len(_STAGES) - 1
         for i, (repeats, kernel, stride, expand, cin, cout) in enumerate(_STAGES):
             cin = 32 if i == 0 else _round_filters(cin, width)
             cout = _round_filters(cout, width)
             if 0 < i < last:
                 repeats = int(math.ceil(depth * repeats))
+            self.stage_starts.append(len(blocks))
             for r in range(repeats):
                 blocks.append(MBConvBlock(cin if r == 0 else cout, cout, kernel,
                                           stride if r == 0 else 1, expand))
@@ -114,10 +131,14 @@ class EfficientNetLiteBackbone(nn.Module):
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(2, 3))
 
-    def split(self) -> tuple[nn.Module, nn.Module]:
-        """(trunk, tail) sharing these weights: the tail is the last stage (one block: its
-        repeats are not scaled) and the head convolution + BN (1.0 M of 3.4 M weights)."""
-        split = len(self._blocks) - _STAGES[-1][0]
+    def split(self, stages: int = 1) -> tuple[nn.Module, nn.Module]:
+        """(trunk, tail) sharing these weights: the tail is the last ``stages`` stages and the
+        head convolution + BN. Lite0: 1 stage = the last block + head (1.0 M of 3.4 M
+        weights); 2 stages = the last 5 blocks + head (2.7 M)."""
+        if not 1 <= stages <= len(self.stage_starts):
+            raise Task2VecError(f"the tail can hold 1 to {len(self.stage_starts)} stages, "
+                                f"not {stages}")
+        split = self.stage_starts[-stages]
         return _Trunk(self, split), _Tail(self, split)
 
 

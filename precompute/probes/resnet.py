@@ -24,10 +24,15 @@ def weights_file(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
-def split(bb: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """(trunk, tail) sharing the weights: the tail is ``layer4``."""
-    trunk = nn.Sequential(bb.conv1, bb.bn1, bb.relu, bb.maxpool, bb.layer1, bb.layer2, bb.layer3)
-    return trunk, Pooled(bb.layer4)
+def split(bb: nn.Module, stages: int = 1) -> tuple[nn.Module, nn.Module]:
+    """(trunk, tail) sharing the weights: the tail is the last ``stages`` of layer1..layer4
+    (1: ``layer4``; 2: ``layer3`` + ``layer4``)."""
+    layers = [bb.layer1, bb.layer2, bb.layer3, bb.layer4]
+    if not 1 <= stages <= len(layers):
+        raise Task2VecError(f"the tail can hold 1 to {len(layers)} stages, not {stages}")
+    cut = len(layers) - stages
+    trunk = nn.Sequential(bb.conv1, bb.bn1, bb.relu, bb.maxpool, *layers[:cut])
+    return trunk, Pooled(*layers[cut:])
 
 
 @register_probe(*NAMES)
