@@ -1,7 +1,7 @@
 """Model selection (paper section 4.2, Table 1): which expert to use for a task.
 
-The selectors (chance, ImageNet, TASK2VEC, asymmetric TASK2VEC, Model2Vec, LogME, k-NN, the
-static prior) are classes registered by name in :mod:`precompute.selectors`, with one
+The selectors (chance, ImageNet, TASK2VEC, asymmetric TASK2VEC, Model2Vec, LogME, k-NN,
+H-score, LEEP, NCE, the static prior) are classes registered by name in :mod:`precompute.selectors`, with one
 ``fit`` / ``score`` surface; this module runs them: :func:`evaluate` (Table 1) and
 :func:`rank_experts` (a new task, as the app's upload page does).
 
@@ -11,7 +11,14 @@ and rank the experts for the held-out fold, so every task is ranked once per see
 selectors that never saw it. The candidates for a task are the experts not trained on it
 (a novel task); metrics with every expert as a candidate are in ``meta.all_experts``.
 
-Relative error increase, its smoothing and the hit rates: :mod:`precompute.selectors`.
+Metrics (relative error increase and its smoothing, regret, hit rates, weighted Kendall tau):
+:mod:`precompute.selectors`. Each is reported as its mean over tasks (per task first averaged
+over the seeds), a 95 % percentile interval from a seeded bootstrap over tasks
+(``BOOTSTRAP_RESAMPLES`` resamples of the tasks with replacement, the same resamples for every
+selector, so that intervals of two selectors are comparable), and the standard deviation over
+seeds of the per-seed means (the spread the fold split and the learned fits cause).
+The interval answers "how much would the number move on another library of such tasks", the
+spread "how much on another split of this one".
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from . import distances, store
 from . import selectors as sel
 from .errors import Task2VecError
 from .experts import IMAGENET_EXPERT
-from .selectors import EMBEDDING_SELECTORS, SELECTORS
+from .selectors import EMBEDDING_SELECTORS, SELECTORS, TRANSFER_SELECTORS
 from .task2vec import FISHER_METHODS, TaskEmbedding, _versions
 
 
@@ -49,12 +56,11 @@ class SelectionData:
     trivial_level: float
     errors: np.ndarray  # [E, T] test error
     n_test: np.ndarray  # [T]
-    logme: np.ndarray  # [E, T]
-    knn: np.ndarray  # [E, T]
+    transfer: dict[str, np.ndarray]  # transfer selector -> [E, T] score (available ones only)
+    transfer_seconds: dict[str, np.ndarray]  # [E, T] seconds of the score after the features
     pair_seconds: np.ndarray  # [E, T] brute force: features + linear classifier
     feature_seconds: np.ndarray  # [E, T]
-    logme_seconds: np.ndarray
-    knn_seconds: np.ndarray
+    unavailable: dict[str, str]  # selector -> why this file cannot evaluate it
 
     @property
     def novel(self) -> np.ndarray:
@@ -65,9 +71,20 @@ class SelectionData:
     def imagenet(self) -> int:
         return self.expert_ids.index(IMAGENET_EXPERT) if IMAGENET_EXPERT in self.expert_ids else -1
 
+    @property
+    def selectors(self) -> tuple[str, ...]:
+        """The registered selectors this file can evaluate, in the registry's order."""
+        return tuple(s for s in SELECTORS if s not in self.unavailable)
+
 
 def load_selection_data(con) -> SelectionData:
-    """Read and check a library file's experts, embeddings and complete performance matrix."""
+    """Read and check a library file's experts, embeddings and complete performance matrix.
+
+    The transfer scores are read from the ``feature_scores`` columns present: a file made
+    before a score existed (e.g. ``hscore``, ``leep``, ``nce`` in the shipped demo library)
+    lacks its column, and a score missing for some pair cannot rank that task's experts; such
+    selectors are listed in ``unavailable`` with the reason, and ``evaluate`` skips them.
+    """
     cur = con.cursor()
     ex = cur.execute("SELECT e.expert_id, e.name, e.source_tasks, ee.value FROM experts e "
                      "JOIN expert_embeddings ee USING (expert_id) ORDER BY e.expert_id").fetchall()
@@ -78,23 +95,54 @@ def load_selection_data(con) -> SelectionData:
     meta = cur.execute("SELECT task_id, norm, seconds, trivial_level FROM embeddings "
                        "WHERE method = ? ORDER BY task_id", [method]).fetchall()
     n_test = dict(cur.execute("SELECT task_id, num_test FROM tasks").fetchall())
+    present = {r[0] for r in cur.execute("SELECT column_name FROM information_schema.columns "
+                                         "WHERE table_name = 'feature_scores'").fetchall()}
+    unavailable: dict[str, str] = {}
+    columns = {"err": "p.test_error", "pair_s": "p.seconds"}
+    if "feature_seconds" in present:
+        columns["feat_s"] = "f.feature_seconds"
+    for name in TRANSFER_SELECTORS:
+        cls = sel.REGISTRY[name]
+        if cls.column not in present:
+            unavailable[name] = (f"feature_scores has no {cls.column} column (the matrix was "
+                                 f"computed before {name} existed): recompute the matrix to "
+                                 "evaluate it" if present else
+                                 "the library has no feature_scores table: run python -m precompute matrix")
+            continue
+        columns[name] = f"f.{cls.column}"
+        if cls.seconds_column in present:
+            columns[f"{name}_s"] = f"f.{cls.seconds_column}"
     e_index = {r[0]: i for i, r in enumerate(ex)}
     t_index = {t: j for j, t in enumerate(task_ids)}
     shape = (len(ex), len(task_ids))
-    arrays = {k: np.full(shape, np.nan) for k in ("err", "pair_s", "logme", "knn", "feat_s",
-                                                   "logme_s", "knn_s")}
-    rows = cur.execute("SELECT p.expert_id, p.task_id, p.test_error, p.seconds, f.logme, "
-                       "f.knn_accuracy, f.feature_seconds, f.logme_seconds, f.knn_seconds "
-                       "FROM performance p LEFT JOIN feature_scores f USING (expert_id, task_id)"
-                       ).fetchall()
+    arrays = {k: np.full(shape, np.nan) for k in (*columns, "feat_s")}
+    join = " LEFT JOIN feature_scores f USING (expert_id, task_id)" if present else ""
+    rows = cur.execute(f"SELECT p.expert_id, p.task_id, {', '.join(columns.values())} "
+                       f"FROM performance p{join}").fetchall()
     for e, t, *vals in rows:
         if e in e_index and t in t_index:
-            for key, v in zip(arrays, vals):
+            for key, v in zip(columns, vals):
                 arrays[key][e_index[e], t_index[t]] = np.nan if v is None else v
     missing = int(np.isnan(arrays["err"]).sum())
     if missing:
         raise Task2VecError(f"the performance matrix is incomplete ({missing} of {arrays['err'].size} "
                             "expert-task pairs missing): run python -m precompute matrix")
+    transfer, transfer_s = {}, {}
+    for name in TRANSFER_SELECTORS:
+        if name in unavailable:
+            continue
+        gaps = int(np.isnan(arrays[name]).sum())
+        if gaps == arrays[name].size:  # an older file opened for writing: the column, empty
+            unavailable[name] = (f"feature_scores has no {sel.REGISTRY[name].column} scores (the "
+                                 f"matrix was computed before {name} existed, or not yet): "
+                                 "recompute the matrix to evaluate it")
+            continue
+        if gaps:
+            unavailable[name] = (f"{gaps} of {arrays[name].size} expert-task pairs have no "
+                                 f"{sel.REGISTRY[name].column} score: run python -m precompute matrix")
+            continue
+        transfer[name] = arrays[name]
+        transfer_s[name] = arrays.get(f"{name}_s", np.full(shape, np.nan))
     return SelectionData(
         expert_ids=[r[0] for r in ex], expert_names=[r[1] for r in ex],
         expert_values=store.decode(np.stack([np.asarray(r[3]) for r in ex])),
@@ -102,21 +150,31 @@ def load_selection_data(con) -> SelectionData:
         task_norms=np.array([m[1] for m in meta]), embed_seconds=np.array([m[2] or 0.0 for m in meta]),
         trivial_level=float(meta[0][3]), errors=arrays["err"],
         n_test=np.array([n_test[t] for t in task_ids], dtype=float),
-        logme=arrays["logme"], knn=arrays["knn"], pair_seconds=arrays["pair_s"],
-        feature_seconds=arrays["feat_s"], logme_seconds=arrays["logme_s"], knn_seconds=arrays["knn_s"])
+        transfer=transfer, transfer_seconds=transfer_s, pair_seconds=arrays["pair_s"],
+        feature_seconds=arrays["feat_s"], unavailable=unavailable)
 
 
 # ----------------------------------------------------------------------------------------------
 # evaluation (Table 1)
 
 
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_LEVEL = 0.95
+# the metrics summarised per selector: name in the per-task metrics -> key in the results
+REPORTED = {"rel": "relative_error_increase", "regret": "regret", "tau": "tau",
+            "top1": "top1", "top3": "top3"}
+
+
 def evaluate(con, *, seeds: int = 5, folds: int = 3, progress: bool = True,
-             m2v_options: dict | None = None) -> dict:
+             m2v_options: dict | None = None, bootstrap_seed: int = 0) -> dict:
     """Cross-validated Table 1 for the library in ``con`` (read-write); writes the results.
 
     Writes ``selection_results``, ``selector_rankings`` (held-out rankings of the first seed),
     ``model2vec`` (fitted on all tasks, for :func:`rank_experts`) and ``library_info`` keys
     ``optimal_error``, ``norm_error_spearman`` and ``selection``, in one transaction.
+    Selectors the file lacks the inputs for (``SelectionData.unavailable``) are skipped and
+    listed in the summary's ``unavailable``. ``bootstrap_seed`` seeds the resampling of tasks
+    for the intervals (its own generator).
     """
     from scipy.stats import spearmanr
     from tqdm.auto import tqdm
@@ -133,35 +191,41 @@ def evaluate(con, *, seeds: int = 5, folds: int = 3, progress: bool = True,
     everything = np.ones_like(novel)
     dsym = distances.symmetric_matrix(data.expert_values, data.task_values)
     experts = _experts(data)
-    per_seed = {s: {"novel": [], "all": []} for s in SELECTORS}
-    select_s = {s: [] for s in SELECTORS}
-    first_rankings: dict[str, dict[str, list[str]]] = {s: {} for s in SELECTORS}
+    names = data.selectors
+    per_seed = {s: {"novel": [], "all": []} for s in names}  # per seed: per-task metrics
+    select_s = {s: [] for s in names}
+    first_rankings: dict[str, dict[str, list[str]]] = {s: {} for s in names}
     fit_s = []
     bar = tqdm(total=seeds * folds, desc="evaluate", unit="fold", disable=not progress)
     for seed in range(seeds):
         rng = np.random.default_rng([seed, 3])
         parts = np.array_split(rng.permutation(t_count), folds)
-        picks = {s: {"novel": {}, "all": {}} for s in SELECTORS}
+        picks = {s: {"novel": {}, "all": {}} for s in names}
+        scores_all = {s: np.zeros(data.errors.shape) for s in names}  # held-out scores
         for k, held in enumerate(parts):
             train = np.sort(np.concatenate([p for i, p in enumerate(parts) if i != k]))
             held = np.sort(held)
             t0 = time.perf_counter()
-            fitted = _fit_all(experts, _training(data, train, novel, dsym), seed, m2v_options)
+            fitted = _fit_all(experts, _training(data, train, novel, dsym), seed, m2v_options, names)
             fit_s.append(time.perf_counter() - t0)
-            for selector in SELECTORS:
+            # chance draws its scores from a generator of its own per (seed, fold)
+            held_tasks = _tasks(data, held, dsym, rng=np.random.default_rng([seed, k, 7]))
+            for selector in names:
                 t0 = time.perf_counter()
-                scores = fitted[selector].score(experts, _tasks(data, held, dsym))
+                scores = fitted[selector].score(experts, held_tasks)
                 select_s[selector].append((time.perf_counter() - t0) / len(held))
+                scores_all[selector][:, held] = scores
                 for setting, cand in (("novel", novel), ("all", everything)):
                     ranks = sel.rankings_from_scores(scores, cand[:, held],
                                                      np.random.default_rng([seed, k, 5]))
                     picks[selector][setting].update(zip(held.tolist(), ranks))
             bar.update(1)
         tasks = np.arange(t_count)
-        for selector in SELECTORS:
+        for selector in names:
             for setting, cand in (("novel", novel), ("all", everything)):
                 ranks = [picks[selector][setting][j] for j in tasks]
-                m = sel.create(selector).metrics(ranks, data.errors, data.n_test, cand, tasks)
+                m = sel.create(selector).metrics(ranks, scores_all[selector], data.errors,
+                                                 data.n_test, cand, tasks)
                 per_seed[selector][setting].append(m)
             if seed == 0:
                 first_rankings[selector] = {
@@ -173,21 +237,53 @@ def evaluate(con, *, seeds: int = 5, folds: int = 3, progress: bool = True,
     best_all = data.errors.min(0)
     rho = spearmanr(data.task_norms, best_all)
     costs = _selector_costs(data, select_s)
+    resamples = bootstrap_indices(t_count, BOOTSTRAP_RESAMPLES, bootstrap_seed)
     results = {}
-    for selector in SELECTORS:
-        rows = {setting: _summary(per_seed[selector][setting]) for setting in ("novel", "all")}
+    for selector in names:
+        rows = {setting: _summary(per_seed[selector][setting], resamples)
+                for setting in ("novel", "all")}
         results[selector] = {**rows["novel"], "seconds": costs[selector]["total"],
                              "cost": costs[selector], "all_experts": rows["all"]}
-    final = _fit_all(experts, _training(data, np.arange(t_count), novel, dsym), 0, m2v_options)
+    final = _fit_all(experts, _training(data, np.arange(t_count), novel, dsym), 0, m2v_options,
+                     names)
     summary = {
         "optimal_error": float(best_novel.mean()), "optimal_error_all_experts": float(best_all.mean()),
         "norm_error_spearman": float(rho.statistic), "norm_error_pvalue": float(rho.pvalue),
         "tasks": t_count, "experts": len(data.expert_ids), "seeds": seeds, "folds": folds,
-        "selectors": results, "brute_force_seconds": float(data.pair_seconds.sum(0).mean()),
+        "selectors": results, "unavailable": dict(data.unavailable),
+        "brute_force_seconds": float(data.pair_seconds.sum(0).mean()),
         "fit_seconds_per_fold": float(np.mean(fit_s)),
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "level": BOOTSTRAP_LEVEL,
+                      "seed": bootstrap_seed, "over": "tasks"},
+        "tau": TAU_DEFINITION,
     }
     _write_evaluation(con, data, summary, first_rankings, final)
     return summary
+
+
+TAU_DEFINITION = ("scipy.stats.weightedtau(score, -test_error) per task over its candidates "
+                  "(additive hyperbolic weigher 1/(r+1), ranks averaged over both orders); "
+                  "+1 = scores order the experts as their accuracy does; tasks whose candidate "
+                  "errors (or scores) all tie are left out")
+
+
+def bootstrap_indices(n_tasks: int, resamples: int, seed: int) -> np.ndarray:
+    """``[resamples, n_tasks]`` task indices drawn with replacement (its own generator)."""
+    return np.random.default_rng([seed, 11]).integers(0, n_tasks, (resamples, n_tasks))
+
+
+def bootstrap_interval(values: np.ndarray, resamples: np.ndarray,
+                       level: float = BOOTSTRAP_LEVEL) -> tuple[float, float]:
+    """Percentile interval of the mean over tasks of ``values`` (``[T]``, NaN = undefined for
+    that task, left out of each resample's mean) over the resampled task sets ``resamples``."""
+    picked = values[resamples]
+    defined = np.isfinite(picked)
+    counts = defined.sum(1)
+    if not counts.any():
+        return float("nan"), float("nan")
+    means = np.where(defined, picked, 0.0).sum(1)[counts > 0] / counts[counts > 0]
+    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
 
 
 def _experts(data: SelectionData) -> sel.Experts:
@@ -195,9 +291,10 @@ def _experts(data: SelectionData) -> sel.Experts:
                        distances.complexity(data.expert_values, data.trivial_level), data.imagenet)
 
 
-def _tasks(data: SelectionData, tasks: np.ndarray, dsym: np.ndarray) -> sel.Tasks:
-    return sel.Tasks(data.task_values[tasks], dsym[:, tasks], data.logme[:, tasks],
-                     data.knn[:, tasks])
+def _tasks(data: SelectionData, tasks: np.ndarray, dsym: np.ndarray,
+           rng: np.random.Generator | None = None) -> sel.Tasks:
+    return sel.Tasks(data.task_values[tasks], dsym[:, tasks], rng=rng,
+                     **{name: score[:, tasks] for name, score in data.transfer.items()})
 
 
 def _training(data: SelectionData, train: np.ndarray, candidates: np.ndarray,
@@ -207,11 +304,12 @@ def _training(data: SelectionData, train: np.ndarray, candidates: np.ndarray,
 
 
 def _fit_all(experts: sel.Experts, training: sel.Training, seed: int,
-             m2v_options: dict | None) -> dict[str, sel.Selector]:
-    """Every selector, fitted on ``training`` (those that learn nothing return themselves)."""
+             m2v_options: dict | None, names=SELECTORS) -> dict[str, sel.Selector]:
+    """The selectors ``names``, fitted on ``training`` (those that learn nothing return
+    themselves)."""
     options = {"model2vec": {"seed": seed, **(m2v_options or {})}}
     return {name: sel.create(name, **options.get(name, {})).fit(experts, training)
-            for name in SELECTORS}
+            for name in names}
 
 
 # what evaluate writes, and what new tasks make stale (build drops it: run evaluate again)
@@ -229,26 +327,52 @@ def drop_evaluation(con) -> None:
                 list(EVALUATION_INFO))
 
 
-def _summary(runs: list[dict]) -> dict:
-    rel = np.array([r["rel"] for r in runs])
-    return {"relative_error_increase": float(rel.mean()),
-            "relative_error_increase_std": float(rel.std()),
-            "top1": float(np.mean([r["top1"] for r in runs])),
-            "top3": float(np.mean([r["top3"] for r in runs])),
-            "ratio_of_means": float(np.mean([r["ratio_of_means"] for r in runs]))}
+def _summary(runs: list[dict], resamples: np.ndarray) -> dict:
+    """One selector's metrics from its per-task metrics of every seed (``runs``): per metric
+    the mean over tasks of the per-task mean over seeds, ``_ci`` its bootstrap interval over
+    tasks, ``_std`` the standard deviation over seeds of the per-seed means; ``tau_tasks``: the
+    tasks where tau is defined."""
+    out = {}
+    for key, name in REPORTED.items():
+        per_task = np.stack([r[key] for r in runs])  # [seeds, T]
+        defined = np.isfinite(per_task)
+        with np.errstate(invalid="ignore"):
+            task_mean = np.where(defined.any(0), np.nansum(per_task, 0) /
+                                 np.maximum(defined.sum(0), 1), np.nan)
+            seed_means = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan
+                                   for row in per_task])
+        point = float(np.nanmean(task_mean)) if np.isfinite(task_mean).any() else float("nan")
+        out[name] = point
+        out[f"{name}_std"] = float(np.nanstd(seed_means)) if np.isfinite(seed_means).any() else float("nan")
+        out[f"{name}_ci"] = list(bootstrap_interval(task_mean, resamples))
+        if key == "tau":
+            out["tau_tasks"] = int(np.isfinite(task_mean).sum())
+    out["ratio_of_means"] = float(np.mean([sel.summarise(r)["ratio_of_means"] for r in runs]))
+    return out
 
 
 def _selector_costs(data: SelectionData, select_s: dict) -> dict:
-    """Seconds per task: computing the selector's input for a new task, plus selecting."""
+    """Seconds per task: computing the selector's input for a new task, plus selecting. A
+    transfer score's input is every expert's features of the task plus the score on them
+    (NaN where the file has no seconds column for it)."""
     embed = float(data.embed_seconds.mean())
-    inputs = {
-        "chance": 0.0, "imagenet": 0.0, "static_prior": 0.0,
-        "task2vec": embed, "task2vec_asym": embed, "model2vec": embed,
-        "logme": float((data.feature_seconds + data.logme_seconds).sum(0).mean()),
-        "knn": float((data.feature_seconds + data.knn_seconds).sum(0).mean()),
-    }
+    inputs = {"chance": 0.0, "imagenet": 0.0, "static_prior": 0.0,
+              "task2vec": embed, "task2vec_asym": embed, "model2vec": embed}
+    for name, seconds in data.transfer_seconds.items():
+        inputs[name] = float((data.feature_seconds + seconds).sum(0).mean())
     return {s: {"input_s": inputs[s], "select_s": float(np.mean(select_s[s])),
-                "total": inputs[s] + float(np.mean(select_s[s]))} for s in SELECTORS}
+                "total": inputs[s] + float(np.mean(select_s[s]))} for s in select_s}
+
+
+def _json_safe(value):
+    """NaN -> None, recursively (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def _write_evaluation(con, data: SelectionData, summary: dict, rankings: dict,
@@ -263,17 +387,24 @@ def _write_evaluation(con, data: SelectionData, summary: dict, rankings: dict,
         "model2vec": final["model2vec"].state(),
         "seeds": summary["seeds"], "folds": summary["folds"],
         "candidates": "experts not trained on the task", "versions": _versions(),
+        "bootstrap": summary["bootstrap"], "tau": summary["tau"],
+        "unavailable": summary["unavailable"],
     }
     with store.transaction(con):
         for table in EVALUATION_TABLES:  # the library_info keys are replaced below
             con.execute(f"DELETE FROM {table}")
         for selector, r in summary["selectors"].items():
-            meta = {"ratio_of_means": r["ratio_of_means"], "cost": r["cost"],
-                    "all_experts": r["all_experts"], "seeds": summary["seeds"],
-                    "folds": summary["folds"]}
+            # the field's metrics live in meta (older files lack them; the app shows what
+            # a file has): regret (error units), tau, their _ci / _std, tau_tasks
+            meta = {k: v for k, v in r.items() if k not in (
+                "relative_error_increase", "relative_error_increase_std", "top1", "top3",
+                "seconds")}
+            meta.update(seeds=summary["seeds"], folds=summary["folds"],
+                        bootstrap=summary["bootstrap"])
+            row = [r["relative_error_increase"], r["relative_error_increase_std"], r["top1"],
+                   r["top3"], r["seconds"]]
             con.execute("INSERT INTO selection_results VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [selector, r["relative_error_increase"], r["relative_error_increase_std"],
-                         r["top1"], r["top3"], r["seconds"], json.dumps(meta)])
+                        [selector, *_json_safe(row), json.dumps(_json_safe(meta))])
         con.executemany("INSERT INTO selector_rankings VALUES (?, ?, ?)",
                         [(s, t, r) for s, by_task in rankings.items() for t, r in by_task.items()])
         for i, expert_id in enumerate(data.expert_ids):
@@ -284,11 +415,20 @@ def _write_evaluation(con, data: SelectionData, summary: dict, rankings: dict,
                          json.dumps({"alpha": m2v.alpha, "scale": m2v.scale,
                                      "bias_l2": float(np.sqrt((m2v.bias[i] ** 2).sum()))})])
         store.set_info(con, optimal_error=summary["optimal_error"],
-                       norm_error_spearman=summary["norm_error_spearman"], selection=selection_info)
+                       norm_error_spearman=summary["norm_error_spearman"],
+                       selection=_json_safe(selection_info))
+
+
+def _interval(ci, scale: float = 100.0, fmt: str = "+.1f") -> str:
+    if ci is None or any(v is None or not np.isfinite(v) for v in ci):
+        return "[   n/a   ]"
+    return f"[{scale * ci[0]:{fmt}}, {scale * ci[1]:{fmt}}]"
 
 
 def table1(summary: dict) -> str:
-    """The evaluation as text: the paper's Table 1 plus hit rates and costs."""
+    """The evaluation as text: the paper's Table 1 plus hit rates and costs, then the field's
+    metrics (weighted tau, regret) with their bootstrap intervals and spread over seeds."""
+    boot = summary.get("bootstrap", {})
     lines = [
         f"model selection: {summary['tasks']} tasks, {summary['experts']} experts; candidates = "
         f"experts not trained on the task; {summary['seeds']} seeds x {summary['folds']}-fold "
@@ -307,6 +447,26 @@ def table1(summary: dict) -> str:
             f"{100 * a['relative_error_increase']:>+16.2f}% {a['top1']:>6.2f}")
     lines += [
         f"{'brute force':<15} {'+0.00%':>13}{'':>8} {1:>6.2f} {1:>6.2f} {summary['brute_force_seconds']:>9.4f}",
+        "",
+        f"the field's metrics: mean over tasks [{100 * boot.get('level', BOOTSTRAP_LEVEL):.0f}% "
+        f"bootstrap interval over tasks, {boot.get('resamples', BOOTSTRAP_RESAMPLES)} resamples] "
+        "± std over seeds",
+        "  weighted tau: scipy.stats.weightedtau(score, -error) over a task's candidates "
+        "(hyperbolic weigher; +1 = the accuracy order, 0 = unrelated)",
+        "  regret: error of the pick minus the best candidate's, in error points",
+        f"{'selector':<15} {'weighted tau':>13} {'interval':>16} {'± std':>6} {'tasks':>6}   "
+        f"{'regret (pts)':>12} {'interval':>14} {'± std':>6}   {'rel. increase interval (%)':>26}",
+    ]
+    for name, r in summary["selectors"].items():
+        tau = r["tau"]
+        lines.append(
+            f"{name:<15} {tau if np.isfinite(tau) else float('nan'):>+13.3f} "
+            f"{_interval(r['tau_ci'], 1.0, '+.3f'):>16} {r['tau_std']:>6.3f} {r['tau_tasks']:>6d}   "
+            f"{100 * r['regret']:>12.2f} {_interval(r['regret_ci'], 100.0, '.2f'):>14} "
+            f"{100 * r['regret_std']:>6.2f}   {_interval(r['relative_error_increase_ci']):>26}")
+    for name, why in summary.get("unavailable", {}).items():
+        lines.append(f"{name:<15} not evaluated: {why}")
+    lines += [
         "",
         f"norm vs best-expert error (paper Fig. 2 right): Spearman rho = "
         f"{summary['norm_error_spearman']:+.3f} (p = {summary['norm_error_pvalue']:.2g}, "

@@ -27,6 +27,11 @@ app's upload page all go through this registry. Adding a selector is one class h
                    cross-entropy of section 3.4 on the training tasks
 ``logme``          LogME (You et al. 2021) of the expert's features on the task's train split
 ``knn``            leave-one-out 5-NN accuracy of the expert's features on the train split
+``hscore``         H-score (Bao et al. 2019) of the expert's features on the train split
+``leep``           LEEP (Nguyen et al. 2020): log-likelihood of the task's labels through the
+                   expert's source heads and the empirical conditional of label given source label
+``nce``            NCE (Tran et al. 2019): negative conditional entropy of the task's labels
+                   given the expert's source-head predictions
 ``static_prior``   the expert's mean rank on the training tasks, the same for every task: the
                    honesty baseline every task-aware selector must beat
 =================  ==========================================================================
@@ -37,10 +42,23 @@ take seconds on a CPU, m_i and the distances use the ``MODEL2VEC_FILTERS`` filte
 log-Fisher varies most across the training tasks (the same subset at training and at query
 time; recorded in ``library_info.selection.model2vec.filters``); b_i = 0 elsewhere.
 
-Relative error increase (Table 1): mean over tasks of err(picked) / err(best) - 1. Errors are
-smoothed to (mistakes + 0.5) / (n_test + 1) first, since a best error of 0 (easy tasks with a
-few test images) would make the ratio infinite; ``ratio_of_means`` is the unsmoothed mean
-error of the picks / mean best error - 1.
+The five transfer scores are computed by the matrix stage (:mod:`precompute.transfer`,
+``feature_scores``), all higher = better, as their papers define them; a library file made
+before a score existed lacks its column, and ``evaluate`` skips that selector and says so.
+
+Metrics, per task, over its candidate experts (:func:`task_metrics`); ``evaluate`` averages
+them over tasks and seeds and bootstraps the mean over tasks:
+
+- relative error increase (Table 1): err(picked) / err(best) - 1. Errors are smoothed to
+  (mistakes + 0.5) / (n_test + 1) first, since a best error of 0 (easy tasks with a few test
+  images) would make the ratio infinite; ``ratio_of_means`` is the unsmoothed mean error of the
+  picks / mean best error - 1;
+- regret: err(picked) - err(best), unsmoothed, in error units (x 100: error points);
+- top-1 / top-3: the best candidate is the pick / among the first three;
+- weighted Kendall tau (:func:`weighted_tau`): ``scipy.stats.weightedtau(score, -error)`` with
+  its defaults (additive hyperbolic weigher 1 / (r + 1), ranks averaged over both orders), as
+  LogME and SFDA report it: +1 when the scores order the candidates as their test accuracy
+  does, 0 for an unrelated order, the best experts weighted most.
 """
 from __future__ import annotations
 
@@ -86,13 +104,17 @@ class Experts:
 @dataclass
 class Tasks:
     """The tasks to score: ``values`` ``[T, D]`` Fisher embeddings, ``dsym`` ``[E, T]``
-    d_sym(expert, task); ``logme`` / ``knn`` ``[E, T]`` the forward-pass scores where known.
+    d_sym(expert, task); ``logme`` ... ``nce`` ``[E, T]`` the forward-pass transfer scores where
+    known (a field per :class:`_TransferScore` selector, named as it is).
     ``rng``: where ``chance`` draws its scores from (None: all zero, ties broken by the caller)."""
 
     values: np.ndarray
     dsym: np.ndarray
     logme: np.ndarray | None = None
     knn: np.ndarray | None = None
+    hscore: np.ndarray | None = None
+    leep: np.ndarray | None = None
+    nce: np.ndarray | None = None
     rng: np.random.Generator | None = None
 
 
@@ -121,21 +143,65 @@ def relative_error_increase(picked: np.ndarray, best: np.ndarray) -> np.ndarray:
     return picked / best - 1.0
 
 
-def metrics(rankings: list[np.ndarray], errors: np.ndarray, n_test: np.ndarray,
-            candidates: np.ndarray, tasks: np.ndarray) -> dict:
-    """Mean relative error increase, top-1/top-3 hit rates and ratio of means over ``tasks``."""
+def regret(picked: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """err(picked) - err(best), unsmoothed, per task (error units; 0 = the best was picked)."""
+    return picked - best
+
+
+def weighted_tau(scores: np.ndarray, errors: np.ndarray) -> float:
+    """Weighted Kendall tau between a selector's scores of one task's candidates (higher =
+    better) and their test errors (lower = better): ``scipy.stats.weightedtau(scores, -errors)``
+    with scipy's defaults, as in the LogME / SFDA benchmarks (additive hyperbolic weigher: an
+    exchange of the elements ranked r and s weighs 1 / (r + 1) + 1 / (s + 1); the ranks
+    averaged over the order by score and the order by accuracy). +1: the scores order the
+    candidates as their accuracy does. NaN when every score or every error ties (no order to
+    compare: e.g. all candidates make no test error)."""
+    from scipy.stats import weightedtau
+
+    scores, errors = np.asarray(scores, float), np.asarray(errors, float)
+    if len(scores) < 2 or np.ptp(scores) == 0 or np.ptp(errors) == 0:
+        return float("nan")
+    return float(weightedtau(scores, -errors).statistic)
+
+
+def task_metrics(rankings: list[np.ndarray], errors: np.ndarray, n_test: np.ndarray,
+                 candidates: np.ndarray, tasks: np.ndarray,
+                 scores: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per task of ``tasks`` (arrays in that order): ``rel`` (relative error increase, smoothed
+    errors), ``regret``, ``top1``, ``top3``, ``picked`` / ``best`` (raw errors) and, given the
+    selector's ``[E, T]`` scores (columns in the order of ``tasks``), ``tau``."""
     err_s = smoothed(errors, n_test[None])
-    rel, top1, top3, picked_raw, best_raw = [], [], [], [], []
-    for j, ranking in zip(tasks, rankings):
+    out = {k: [] for k in ("rel", "regret", "top1", "top3", "picked", "best", "tau")}
+    for col, (j, ranking) in enumerate(zip(tasks, rankings)):
         cand = np.flatnonzero(candidates[:, j])
         best = errors[cand, j].min()
-        rel.append(relative_error_increase(err_s[ranking[0], j], err_s[cand, j].min()))
-        top1.append(errors[ranking[0], j] <= best + 1e-12)
-        top3.append(errors[ranking[:3], j].min() <= best + 1e-12)
-        picked_raw.append(errors[ranking[0], j])
-        best_raw.append(best)
-    return {"rel": float(np.mean(rel)), "top1": float(np.mean(top1)), "top3": float(np.mean(top3)),
-            "ratio_of_means": float(np.mean(picked_raw) / max(np.mean(best_raw), 1e-12) - 1)}
+        out["rel"].append(relative_error_increase(err_s[ranking[0], j], err_s[cand, j].min()))
+        out["regret"].append(regret(errors[ranking[0], j], best))
+        out["top1"].append(errors[ranking[0], j] <= best + 1e-12)
+        out["top3"].append(errors[ranking[:3], j].min() <= best + 1e-12)
+        out["picked"].append(errors[ranking[0], j])
+        out["best"].append(best)
+        out["tau"].append(float("nan") if scores is None
+                          else weighted_tau(scores[cand, col], errors[cand, j]))
+    return {k: np.asarray(v, dtype=float) for k, v in out.items()}
+
+
+def summarise(per_task: dict[str, np.ndarray]) -> dict:
+    """Means over tasks of :func:`task_metrics` (tau over the tasks where it is defined) and
+    the ratio of means."""
+    tau = per_task["tau"]
+    return {"rel": float(np.mean(per_task["rel"])), "top1": float(np.mean(per_task["top1"])),
+            "top3": float(np.mean(per_task["top3"])), "regret": float(np.mean(per_task["regret"])),
+            "tau": float(np.nanmean(tau)) if np.isfinite(tau).any() else float("nan"),
+            "ratio_of_means": float(np.mean(per_task["picked"]) /
+                                    max(np.mean(per_task["best"]), 1e-12) - 1)}
+
+
+def metrics(rankings: list[np.ndarray], errors: np.ndarray, n_test: np.ndarray,
+            candidates: np.ndarray, tasks: np.ndarray, scores: np.ndarray | None = None) -> dict:
+    """Means over ``tasks``: relative error increase, top-1/top-3 hit rates, regret, weighted
+    tau (given ``scores``) and the ratio of means."""
+    return summarise(task_metrics(rankings, errors, n_test, candidates, tasks, scores))
 
 
 def rankings_from_scores(scores: np.ndarray, candidates: np.ndarray,
@@ -167,9 +233,10 @@ class Selector:
     def score(self, experts: Experts, tasks: Tasks) -> np.ndarray:
         raise NotImplementedError
 
-    def metrics(self, rankings, errors, n_test, candidates, tasks) -> dict:
-        """Table 1's metrics of this selector's rankings of ``tasks``."""
-        return metrics(rankings, errors, n_test, candidates, tasks)
+    def metrics(self, rankings, scores, errors, n_test, candidates, tasks) -> dict:
+        """Per-task metrics (:func:`task_metrics`) of this selector's rankings and ``[E, T]``
+        scores of ``tasks``."""
+        return task_metrics(rankings, errors, n_test, candidates, tasks, scores)
 
     def state(self) -> dict:
         """The fitted state kept in ``library_info.selection`` (learned selectors)."""
@@ -225,23 +292,28 @@ class Chance(Selector):
         shape = (len(experts.ids), tasks.values.shape[0])
         return np.zeros(shape) if tasks.rng is None else tasks.rng.random(shape)
 
-    def metrics(self, rankings, errors, n_test, candidates, tasks):
-        """Exact expectations for a uniformly random pick among the candidates."""
+    def metrics(self, rankings, scores, errors, n_test, candidates, tasks):
+        """Exact expectations for a uniformly random pick among the candidates (relative error
+        increase, regret, top-1, top-3). Weighted tau is that of the random scores drawn (one
+        draw per task and seed): its expectation is 0 only where no errors tie (scipy ranks
+        tied errors by score, which leaves a small positive bias, about +0.03 on 12 experts
+        with many ties), so it is measured, not assumed."""
         err_s = smoothed(errors, n_test[None])
-        rel, top1, top3, picked_raw, best_raw = [], [], [], [], []
-        for j in tasks:
+        out = {k: [] for k in ("rel", "regret", "top1", "top3", "picked", "best", "tau")}
+        for col, j in enumerate(tasks):
             cand = np.flatnonzero(candidates[:, j])
             k = len(cand)
             best = errors[cand, j].min()
             hits = int((errors[cand, j] <= best + 1e-12).sum())
-            rel.append(float(np.mean(err_s[cand, j] / err_s[cand, j].min() - 1)))
-            top1.append(hits / k)
-            top3.append(1.0 if k <= 3 else 1 - math.comb(k - hits, 3) / math.comb(k, 3))
-            picked_raw.append(errors[cand, j].mean())
-            best_raw.append(best)
-        return {"rel": float(np.mean(rel)), "top1": float(np.mean(top1)),
-                "top3": float(np.mean(top3)),
-                "ratio_of_means": float(np.mean(picked_raw) / max(np.mean(best_raw), 1e-12) - 1)}
+            out["rel"].append(float(np.mean(err_s[cand, j] / err_s[cand, j].min() - 1)))
+            out["regret"].append(float(np.mean(errors[cand, j]) - best))
+            out["top1"].append(hits / k)
+            out["top3"].append(1.0 if k <= 3 else 1 - math.comb(k - hits, 3) / math.comb(k, 3))
+            out["picked"].append(errors[cand, j].mean())
+            out["best"].append(best)
+            out["tau"].append(float("nan") if scores is None
+                              else weighted_tau(scores[cand, col], errors[cand, j]))
+        return {k: np.asarray(v, dtype=float) for k, v in out.items()}
 
 
 @register
@@ -273,7 +345,7 @@ def choose_alpha(dsym: np.ndarray, complexity: np.ndarray, errors: np.ndarray, n
         d = distances.asymmetric_from_symmetric(dsym, complexity, alpha)
         d = np.where(candidates, d, np.inf)
         picks = [np.array([d[:, j].argmin()]) for j in tasks]
-        scores.append(metrics(picks, errors, n_test, candidates, tasks)["rel"])
+        scores.append(task_metrics(picks, errors, n_test, candidates, tasks)["rel"].mean())
     scores = np.round(scores, 12)
     best = min(range(len(ALPHAS)), key=lambda i: (scores[i], abs(ALPHAS[i] - 0.15)))
     return float(ALPHAS[best])
@@ -420,10 +492,13 @@ class Model2VecSelector(Selector):
 
 class _TransferScore(Selector):
     """Ranks by a forward-pass score of the expert's features on the task's train split
-    (:mod:`precompute.transfer`), stored per (expert, task) by the matrix stage; the
-    ``Tasks`` field of the selector's name holds it."""
+    (:mod:`precompute.transfer`), stored per (expert, task) by the matrix stage in
+    ``feature_scores.<column>`` (its cost in ``<seconds_column>``, plus ``feature_seconds``);
+    the ``Tasks`` field of the selector's name holds it. Higher = better."""
 
     needs_features = True
+    column: ClassVar[str]
+    seconds_column: ClassVar[str]
 
     def score(self, experts, tasks):
         return getattr(tasks, self.name)
@@ -431,12 +506,27 @@ class _TransferScore(Selector):
 
 @register
 class LogME(_TransferScore):
-    name = "logme"
+    name, column, seconds_column = "logme", "logme", "logme_seconds"
 
 
 @register
 class KNN(_TransferScore):
-    name = "knn"
+    name, column, seconds_column = "knn", "knn_accuracy", "knn_seconds"
+
+
+@register
+class HScore(_TransferScore):
+    name, column, seconds_column = "hscore", "hscore", "hscore_seconds"
+
+
+@register
+class LEEP(_TransferScore):
+    name, column, seconds_column = "leep", "leep", "leep_seconds"
+
+
+@register
+class NCE(_TransferScore):
+    name, column, seconds_column = "nce", "nce", "nce_seconds"
 
 
 def mean_ranks(errors: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -487,3 +577,4 @@ class StaticPrior(Selector):
 
 SELECTORS = tuple(REGISTRY)
 EMBEDDING_SELECTORS = tuple(n for n, c in REGISTRY.items() if not c.needs_features)
+TRANSFER_SELECTORS = tuple(n for n, c in REGISTRY.items() if issubclass(c, _TransferScore))
