@@ -293,10 +293,29 @@ def task_experts(lib: Library, task_id: str) -> pd.DataFrame:
     return perf[perf.task_id == task_id][["name", "test_error"]].reset_index(drop=True)
 
 
+# the field's metrics evaluate keeps in selection_results.meta (fractions, tau unitless);
+# files evaluated before them lack these keys and get no such columns
+SELECTION_META = ("regret", "regret_std", "tau", "tau_std", "tau_tasks")
+SELECTION_INTERVALS = ("relative_error_increase", "regret", "tau")
+
+
 def selection_results(lib: Library) -> pd.DataFrame:
+    """One row per evaluated selector: the table's columns (relative_error_increase, its _std,
+    top1, top3, seconds) and, where the file's evaluation recorded them, regret, tau, their
+    _std, tau_tasks and the bootstrap intervals as ``<metric>_lo`` / ``<metric>_hi``."""
     if "selection_results" not in lib.tables:
         return pd.DataFrame()
-    return _cached_query(lib.path, lib.mtime, "SELECT * EXCLUDE (meta) FROM selection_results")
+    df = _cached_query(lib.path, lib.mtime, "SELECT * FROM selection_results").copy()
+    metas = [json.loads(m) if isinstance(m, str) and m else {} for m in df.pop("meta")] if "meta" in df else []
+    for key in SELECTION_META:
+        if any(key in m for m in metas):
+            df[key] = [np.nan if m.get(key) is None else float(m[key]) for m in metas]
+    for key in SELECTION_INTERVALS:
+        if any(m.get(f"{key}_ci") for m in metas):
+            ci = [m.get(f"{key}_ci") or [None, None] for m in metas]
+            df[f"{key}_lo"] = [np.nan if c[0] is None else float(c[0]) for c in ci]
+            df[f"{key}_hi"] = [np.nan if c[1] is None else float(c[1]) for c in ci]
+    return df
 
 
 def selector_picks(lib: Library) -> pd.DataFrame:

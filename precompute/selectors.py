@@ -295,9 +295,9 @@ class Chance(Selector):
     def metrics(self, rankings, scores, errors, n_test, candidates, tasks):
         """Exact expectations for a uniformly random pick among the candidates (relative error
         increase, regret, top-1, top-3). Weighted tau is that of the random scores drawn (one
-        draw per task and seed): its expectation is 0 only where no errors tie (scipy ranks
-        tied errors by score, which leaves a small positive bias, about +0.03 on 12 experts
-        with many ties), so it is measured, not assumed."""
+        draw per task and seed): its expectation is 0 where no errors tie, but not exactly
+        with ties (scipy breaks them by the other order: +0.029 measured over 20,000 random
+        orders of 12 experts with five tied groups), so it is measured, not assumed."""
         err_s = smoothed(errors, n_test[None])
         out = {k: [] for k in ("rel", "regret", "top1", "top3", "picked", "best", "tau")}
         for col, j in enumerate(tasks):

@@ -385,7 +385,9 @@ def test_model_selection_page_shows_table1_and_picks(app_library_experts, librar
     assert list(t1["top-1 (%)"]) == pytest.approx([75.0, 50.0, 33.0])
     assert any("5.50%" in c.value for c in at.caption)  # optimal error
     bars, spread = charts(at)
-    assert bars["data"][0]["text"] == ["+5.0%", "+12.0%", "+40.0%"]
+    # evaluated before the intervals: one panel, values and spread over seeds as text
+    assert bars["data"][0]["text"] == ["+5.0% ± 1.0", "+12.0% ± 3.0", "+40.0% ± 5.0"]
+    assert len(bars["data"]) == 1 and not bars["data"][0].get("error_x", {}).get("array")
     names = {tr["name"] for tr in spread["data"]}
     assert {"experts", "best expert", "model2vec", "task2vec"} <= names
     # model2vec picks each family's own expert, which is the best one here
@@ -393,6 +395,89 @@ def test_model_selection_page_shows_table1_and_picks(app_library_experts, librar
     best = [tr for tr in spread["data"] if tr["name"] == "best expert"][0]
     assert sorted(arr(m2v["y"])) == pytest.approx(sorted(arr(best["y"])))
     assert len(spread["layout"]["xaxis"]["ticktext"]) == N_TASKS
+
+
+@pytest.fixture(scope="module")
+def evaluated_library(app_library_experts, tmp_path_factory) -> Path:
+    """``app_library_experts`` with expert embeddings (each expert: the mean Fisher of its
+    family's tasks; ImageNet: the trivial embedding), transfer scores (LogME and H-score follow
+    the errors, k-NN and LEEP with noise; NCE left empty, as in a file made before it) and a
+    real held-out evaluation by ``selection.evaluate``."""
+    from precompute import selection
+
+    db = tmp_path_factory.mktemp("evaluated") / "evaluated.duckdb"
+    shutil.copy(app_library_experts, db)
+    con = duckdb.connect(str(db))
+    try:
+        info = store.get_info(con)
+        con.execute(store.expert_schema(int(info["filters"])))
+        method = store.task_method(info)
+        ids, fisher = store.embedding_matrix(con, method)
+        trivial = con.execute("SELECT trivial_level FROM embeddings WHERE method = ? LIMIT 1",
+                              [method]).fetchone()[0]
+        for expert_id, family in (("e_digits", "digits"), ("e_fashion", "fashion"), ("e_imagenet", None)):
+            value = (fisher[[i for i, t in enumerate(ids) if t.startswith(family)]].mean(0) if family
+                     else np.full(fisher.shape[1], trivial, np.float32))
+            con.execute("INSERT INTO expert_embeddings VALUES (?, ?, ?, ?)",
+                        [expert_id, store.encode(value), trivial, float(value.sum())])
+        rng = np.random.default_rng(0)
+        for (e, t), err in app_expert_errors(ids).items():
+            con.execute("INSERT INTO feature_scores (expert_id, task_id, logme, knn_accuracy, "
+                        "feature_seconds, logme_seconds, knn_seconds, hscore, hscore_seconds, leep, "
+                        "leep_seconds) VALUES (?, ?, ?, ?, 0.5, 0.01, 0.02, ?, 0.03, ?, 0.04)",
+                        [e, t, -err, 1 - err + rng.normal(0, 0.1), -err, rng.normal()])
+        selection.evaluate(con, seeds=2, folds=2, progress=False, m2v_options={"steps": 10})
+    finally:
+        con.close()
+    return db
+
+
+def stored_results(db) -> dict[str, dict]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {r[0]: {"rel": r[1], **json.loads(r[2])} for r in con.execute(
+            "SELECT selector, relative_error_increase, meta FROM selection_results").fetchall()}
+    finally:
+        con.close()
+
+
+def test_model_selection_page_shows_tau_regret_and_intervals(evaluated_library):
+    from explorer import export
+
+    stored = stored_results(evaluated_library)
+    at = open_app(evaluated_library, "selection")
+    t1 = table(at, "selector").set_index("selector")
+    assert set(t1.index) == set(stored) and "nce" not in stored
+    for name, r in stored.items():
+        assert t1.loc[name, "regret (points)"] == pytest.approx(100 * r["regret"])
+        if r["tau_tasks"]:
+            assert t1.loc[name, "weighted τ"] == pytest.approx(r["tau"])
+            assert t1.loc[name, "τ 95% interval"] == f"[{r['tau_ci'][0]:+.3f}, {r['tau_ci'][1]:+.3f}]"
+        else:  # no task to compare orders on: shown empty, not as 0
+            assert np.isnan(t1.loc[name, "weighted τ"]) and t1.loc[name, "τ 95% interval"] == ""
+    # logme's scores are -error: tau 1; the "imagenet" selector finds no expert with that id
+    # here (the fixture's is e_imagenet), so its scores all tie and tau is undefined
+    assert t1.loc["logme", "weighted τ"] == pytest.approx(1.0) and stored["imagenet"]["tau_tasks"] == 0
+    assert any("Not evaluated in this library: **nce**" in c.value for c in at.caption)
+    bars = charts(at)[0]
+    panels = [tr for tr in bars["data"] if tr["type"] == "bar"]
+    assert [bars["layout"][f"xaxis{i or ''}"]["title"]["text"] for i in (0, 2, 3)] == [
+        "relative error increase (%)", "regret (error points)", "weighted Kendall τ"]
+    tau = panels[2]
+    names = list(tau["y"])
+    v, plus, minus = arr(tau["x"]), arr(tau["error_x"]["array"]), arr(tau["error_x"]["arrayminus"])
+    shown = [i for i, n in enumerate(names) if stored[n]["tau_tasks"]]
+    np.testing.assert_allclose((v + plus)[shown], [stored[names[i]]["tau_ci"][1] for i in shown], atol=1e-9)
+    np.testing.assert_allclose((v - minus)[shown], [stored[names[i]]["tau_ci"][0] for i in shown], atol=1e-9)
+    assert all("text" not in tr for tr in panels)  # values would sit on the error bars
+    fig = figures.selection_bar_figure(estore_results(evaluated_library))
+    assert "weighted Kendall" in export.to_image(fig, "svg").decode()
+
+
+def estore_results(db):
+    from explorer import store as estore
+
+    return estore.selection_results(estore.open_library(db))
 
 
 def test_task_card_lists_best_experts_and_colour_by_error(app_library_experts):
@@ -538,15 +623,70 @@ def test_upload_with_one_class_gives_the_readers_message(app_library, digits, tm
         up.process(lib, [("one.zip", data)], tmp_path, "efficientnet_lite0", "one class")
 
 
-def test_upload_page_shows_a_stored_result(app_library, digits, tmp_path):
+def upload_embedding(db, task_id: str) -> np.ndarray:
+    """A library task's own stored Fisher embedding, standing in for an upload's."""
+    from explorer import store as estore
+
+    lib = estore.open_library(db)
+    return estore.task_embedding(lib, task_id, lib.task_method)
+
+
+def test_upload_ranks_with_the_best_embedding_only_selector_of_the_evaluation(evaluated_library):
+    from explorer import store as estore
+    from precompute import selection, selectors
+
+    lib = estore.open_library(evaluated_library)
+    ranked = up.rank_experts(lib, upload_embedding(evaluated_library, "fashion/0-vs-2"))
+    stored = stored_results(evaluated_library)
+    # the least held-out relative error increase among the embedding-only selectors, chance
+    # excluded, ties in registry order; LogME and H-score (perfect here) need every expert's
+    # features of the upload, so they do not compete
+    allowed = [s for s in selectors.EMBEDDING_SELECTORS if s != "chance"]
+    best = min(allowed, key=lambda s: (stored[s]["rel"], allowed.index(s)))
+    assert stored["logme"]["rel"] <= stored[best]["rel"]
+    assert ranked["selector"] == best
+    assert f"held-out relative error increase {100 * stored[best]['rel']:+.1f}%" in ranked["selector_note"]
+    con = duckdb.connect(str(evaluated_library), read_only=True)
+    try:
+        values = upload_embedding(evaluated_library, "fashion/0-vs-2")
+        assert list(ranked["experts"]["expert_id"]) == list(
+            selection.rank_experts(con, values, selector=best)["expert_id"])
+        others = ranked["others"].set_index("selector")
+        assert set(others.index) == set(allowed) - {best}
+        for name in others.index:
+            assert others.loc[name, "first choice"] == selection.rank_experts(con, values, selector=name)["name"][0]
+            assert others.loc[name, "held-out rel. error increase (%)"] == pytest.approx(100 * stored[name]["rel"])
+    finally:
+        con.close()
+
+
+def test_upload_into_a_library_without_an_evaluation_uses_the_default(evaluated_library, tmp_path):
+    from explorer import store as estore
+    from precompute import selection
+
+    db = tmp_path / "unevaluated.duckdb"
+    shutil.copy(evaluated_library, db)
+    con = duckdb.connect(str(db))
+    selection.drop_evaluation(con)
+    con.close()
+    ranked = up.rank_experts(estore.open_library(db), upload_embedding(db, "digits/0-vs-1"))
+    assert ranked["selector"] == up.DEFAULT_SELECTOR == "task2vec"
+    assert "no held-out evaluation" in ranked["selector_note"]
+    assert "python -m precompute evaluate" in ranked["selector_note"]
+    # the learned selectors have nothing fitted to rank with: only ImageNet stands beside it
+    assert list(ranked["others"]["selector"]) == ["imagenet"]
+    assert ranked["others"]["held-out rel. error increase (%)"].isna().all()
+
+
+def test_upload_page_shows_a_stored_result(evaluated_library, digits, tmp_path):
     from explorer import store as estore
 
     images, labels = digits
-    lib = estore.open_library(app_library)
+    lib = estore.open_library(evaluated_library)
     result = up.process(lib, [("p.zip", zip_of_class_folders(images[400:460], labels[400:460], {1, 7}))],
                         tmp_path, "efficientnet_lite0", "ones and sevens")
     at = AppTest.from_file("../app.py", default_timeout=180)
-    at.query_params["db"] = str(app_library)
+    at.query_params["db"] = str(evaluated_library)
     at.run()
     at.session_state["upload"] = result
     at.switch_page(PAGES["upload"]).run()
@@ -555,6 +695,13 @@ def test_upload_page_shows_a_stored_result(app_library, digits, tmp_path):
     shown = table(at, "distance")
     assert list(shown["name"]) == list(result["nearest"]["name"])
     assert "efficientnet_lite0" in at.caption[0].value
+    # the experts, ranked by the selector the evaluation found best, named with its score;
+    # the other embedding-only selectors' first choices beside it
+    assert "held-out relative error increase" in result["selector_note"]
+    assert result["selector_note"] in [c.value for c in at.caption]
+    assert list(table(at, "score")["expert_id"]) == list(result["experts"]["expert_id"])
+    picks = table(at, "first choice")
+    assert list(picks["selector"]) == list(result["other_picks"]["selector"])
     maps = charts(at)
     assert [tr for tr in maps[0]["data"] if tr["name"] == "upload: ones and sevens"]
     # the task map page shows the upload too

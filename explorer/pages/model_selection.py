@@ -18,31 +18,70 @@ ui.require_experts(lib)
 
 results = store.selection_results(lib)
 st.subheader("Error increase over the best expert (Table 1)")
+
+
+def _interval(lo: pd.Series, hi: pd.Series, scale: float, fmt: str) -> list[str]:
+    return ["" if pd.isna(a) or pd.isna(b) else f"[{scale * a:{fmt}}, {scale * b:{fmt}}]"
+            for a, b in zip(lo, hi)]
+
+
 if results.empty:
     st.info("No selector results in this library yet (table `selection_results`): run "
             f"`python -m precompute evaluate --db {lib.path}`.")
 else:
+    results = results.sort_values("relative_error_increase").reset_index(drop=True)
     table = pd.DataFrame({"selector": results["selector"],
                           "relative error increase (%)": 100 * results["relative_error_increase"]})
     if "relative_error_increase_std" in results:
         table["± std (%)"] = 100 * results["relative_error_increase_std"]
+    if "relative_error_increase_lo" in results:
+        table["95% interval (%)"] = _interval(results["relative_error_increase_lo"],
+                                              results["relative_error_increase_hi"], 100, "+.1f")
     for col in ("top1", "top3"):
         if col in results:
             table[f"{col[:3]}-{col[3:]} (%)"] = 100 * results[col]
+    # the field's metrics, where this file's evaluation recorded them
+    if "regret" in results:
+        table["regret (points)"] = 100 * results["regret"]
+        if "regret_lo" in results:
+            table["regret 95% interval"] = _interval(results["regret_lo"], results["regret_hi"],
+                                                     100, ".2f")
+    if "tau" in results:
+        table["weighted τ"] = results["tau"]
+        if "tau_lo" in results:
+            table["τ 95% interval"] = _interval(results["tau_lo"], results["tau_hi"], 1, "+.3f")
+        if "tau_std" in results:
+            table["τ ± std"] = results["tau_std"]
     if "seconds" in results:
         table["seconds"] = results["seconds"]
-    table = table.sort_values("relative error increase (%)").reset_index(drop=True)
     optimal = lib.info.get("optimal_error")
     if optimal is not None:
         st.caption(f"Mean test error of the best expert per task (the optimum): "
                    f"**{100 * float(optimal):.2f}%**.")
-    left, right = st.columns([1, 1])
-    left.dataframe(table, hide_index=True, key="table1",
-                   column_config={c: st.column_config.NumberColumn(format="%.2f")
-                                  for c in table.columns if c != "selector"})
-    with right:
-        ui.show_figure(figures.selection_bar_figure(results), "Selector error increase",
-                       key="table1_fig", height=420)
+    formats = {c: st.column_config.NumberColumn(format="%.3f" if "τ" in c else "%.2f")
+               for c in table.columns if c != "selector" and table[c].dtype.kind == "f"}
+    st.dataframe(table, hide_index=True, key="table1", column_config=formats)
+    selection = lib.info.get("selection") or {}
+    if "tau" in results:
+        boot = selection.get("bootstrap") or {}
+        st.caption(
+            "**Regret**: test error of the pick minus the best candidate's, in error points. "
+            "**Weighted τ**: Kendall's τ between the selector's scores and the experts' test "
+            "accuracy over each task's candidates (`scipy.stats.weightedtau`, hyperbolic "
+            "weights: the best experts count most), averaged over tasks; +1 = the accuracy "
+            "order, 0 = unrelated, as the LogME / SFDA benchmarks report it. Intervals: 95% "
+            f"bootstrap over tasks ({boot.get('resamples', 'n/a')} resamples); ± std: over the "
+            f"{selection.get('seeds', '')} evaluation seeds (fold splits and fits).")
+    else:
+        st.caption("This library was evaluated before regret, weighted τ and the bootstrap "
+                   "intervals were recorded: run `python -m precompute evaluate` again to add "
+                   "them (± std: over the evaluation seeds).")
+    skipped = selection.get("unavailable") or {}
+    if skipped:
+        st.caption("Not evaluated in this library: " + "; ".join(
+            f"**{name}** ({why})" for name, why in skipped.items()) + ".")
+    ui.show_figure(figures.selection_bar_figure(results), "Selector error increase",
+                   key="table1_fig", height=460 if "tau" in results else 420)
 
 st.subheader("Expert errors per task (Fig. 3)")
 perf = store.performance(lib)
