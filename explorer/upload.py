@@ -133,31 +133,113 @@ def place(dist: pd.Series, xy: pd.DataFrame, k: int = NEIGHBOURS) -> tuple[float
     return float(x), float(y)
 
 
-def rank_experts(lib: store.Library, embedding) -> tuple[pd.DataFrame | None, str]:
+# Without a held-out evaluation the upload is ranked by the symmetric TASK2VEC distance: of the
+# embedding-only selectors it is the one that needs nothing fitted (asymmetric TASK2VEC,
+# Model2Vec and the static prior read what evaluate fitted).
+DEFAULT_SELECTOR = "task2vec"
+SELECTOR_NAMES = {"imagenet": "the ImageNet expert", "task2vec": "TASK2VEC (symmetric distance)",
+                  "task2vec_asym": "asymmetric TASK2VEC", "model2vec": "MODEL2VEC",
+                  "static_prior": "the static prior (best mean rank, the same for every task)"}
+
+
+def embedding_selectors() -> tuple[str, ...]:
+    """The selectors that can rank experts for an upload: those that need only its embedding
+    (``selectors.EMBEDDING_SELECTORS``), without chance."""
+    from precompute.selectors import EMBEDDING_SELECTORS
+
+    return tuple(s for s in EMBEDDING_SELECTORS if s != "chance")
+
+
+def choose_selector(results: pd.DataFrame) -> tuple[str, pd.Series | None]:
+    """The embedding-only selector the library's held-out evaluation found best: the least
+    relative error increase over the best expert (Table 1's criterion, the expected cost to a
+    user of trusting the pick), ties in registry order. The static prior competes: it needs no
+    input at all, and where it wins the page should rank with it and say so, not rank worse
+    than the library knows how to. (None, ...) without an evaluation: the default."""
+    names = embedding_selectors()
+    if results.empty or "selector" not in results:
+        return DEFAULT_SELECTOR, None
+    rows = results[results["selector"].isin(names)].dropna(subset=["relative_error_increase"])
+    if rows.empty:
+        return DEFAULT_SELECTOR, None
+    order = rows.assign(_pos=rows["selector"].map(names.index))
+    best = order.sort_values(["relative_error_increase", "_pos"], kind="stable").iloc[0]
+    return str(best["selector"]), best.drop("_pos")
+
+
+def _held_out(row: pd.Series | None) -> str:
+    if row is None:
+        return ""
+    text = f"held-out relative error increase {100 * row['relative_error_increase']:+.1f}%"
+    if pd.notna(row.get("relative_error_increase_lo", np.nan)):
+        text += (f" (95% interval {100 * row['relative_error_increase_lo']:+.1f}% to "
+                 f"{100 * row['relative_error_increase_hi']:+.1f}%)")
+    if pd.notna(row.get("tau", np.nan)):
+        text += f", weighted τ {row['tau']:+.3f}"
+    return text
+
+
+def rank_experts(lib: store.Library, embedding) -> dict:
     """Experts ranked for a task's Fisher embedding by ``precompute.selection.rank_experts``
-    (the model2vec selector), or (None, why not)."""
+    with the selector :func:`choose_selector` picks, and every other embedding-only selector's
+    first choice beside it.
+
+    Returns a dict: ``experts`` (the ranking, or None), ``note`` (why there is none),
+    ``selector``, ``selector_note`` (which selector and why: its held-out score, or the
+    fallback), ``others`` (DataFrame: selector, first choice, held-out relative error increase
+    and weighted tau; selectors this library cannot run are left out).
+    """
+    empty = {"experts": None, "selector": None, "selector_note": "", "others": None}
     if not lib.has_experts:
-        return None, store.expert_hint(lib)
-    try:
-        from precompute.selection import rank_experts as ranker
-    except ImportError:
-        return None, "expert ranking (precompute.selection.rank_experts) is not available yet"
+        return {**empty, "note": store.expert_hint(lib)}
+    from precompute.selection import rank_experts as ranker
+
+    results = store.selection_results(lib)
+    chosen, row = choose_selector(results)
+    by_name = results.set_index("selector") if not results.empty else pd.DataFrame()
     try:
         with lib.cursor() as cur:
-            return ranker(cur, embedding, selector="model2vec"), ""
+            ranking = ranker(cur, embedding, selector=chosen)
+            others = []
+            for name in embedding_selectors():
+                if name == chosen:
+                    continue
+                try:
+                    first = ranker(cur, embedding, selector=name).iloc[0]
+                except Task2VecError:  # learned, and this library has no evaluation for it
+                    continue
+                held = by_name.loc[name] if name in by_name.index else None
+                others.append({"selector": name, "first choice": first["name"],
+                               "held-out rel. error increase (%)":
+                                   np.nan if held is None else 100 * held["relative_error_increase"],
+                               "held-out weighted τ":
+                                   np.nan if held is None else held.get("tau", np.nan)})
     except Task2VecError as exc:
-        return None, str(exc)
+        return {**empty, "note": str(exc)}
     except duckdb.Error as exc:  # a library from before the model-selection tables
-        return None, f"this library cannot rank experts yet ({str(exc).splitlines()[0]})"
+        return {**empty, "note": f"this library cannot rank experts yet ({str(exc).splitlines()[0]})"}
+    label = SELECTOR_NAMES.get(chosen, chosen)
+    if row is None:
+        why = (f"This library has no held-out evaluation of the selectors (run `python -m "
+               f"precompute evaluate --db {lib.path}`): ranked by the default, {label}, the "
+               "one selector that needs nothing fitted.")
+    else:
+        why = (f"Ranked by **{label}**, the best of the selectors that need only the "
+               f"embedding in this library's held-out evaluation: {_held_out(row)}.")
+    return {"experts": ranking, "note": "", "selector": chosen, "selector_note": why,
+            "others": pd.DataFrame(others, columns=["selector", "first choice",
+                                                    "held-out rel. error increase (%)",
+                                                    "held-out weighted τ"])}
 
 
-def results_table(nearest: pd.DataFrame, experts: pd.DataFrame | None) -> bytes:
-    """The upload's results as CSV: nearest tasks, then ranked experts."""
+def results_table(nearest: pd.DataFrame, experts: pd.DataFrame | None,
+                  selector: str | None = None) -> bytes:
+    """The upload's results as CSV: nearest tasks, then ranked experts (by ``selector``)."""
     out = io.StringIO()
     out.write("# nearest library tasks (symmetric TASK2VEC distance)\n")
     nearest.rename_axis("task_id").to_csv(out)
     if experts is not None:
-        out.write("# experts ranked for this task\n")
+        out.write("# experts ranked for this task" + (f" by {selector}" if selector else "") + "\n")
         experts.to_csv(out, index=False)
     return out.getvalue().encode()
 
@@ -194,14 +276,16 @@ def process(lib: store.Library, files: Sequence[tuple[str, bytes]], folder: Path
             spot = place(dist, xy)
             if spot is not None:
                 positions.setdefault(space, {})[algo] = spot
-    experts, why = rank_experts(lib, fisher)
+    ranked = rank_experts(lib, fisher)
     buf = io.BytesIO()
     tmp = folder / "embedding.npz"
     fisher.save(tmp)
     buf.write(tmp.read_bytes())
     return {"name": name, "library": lib.path, "size": task.size, "classes": task.classes,
             "class_counts": task.class_counts(), "norm": fisher.norm, "nearest": nearest,
-            "positions": positions, "experts": experts, "experts_note": why,
+            "positions": positions, "experts": ranked["experts"], "experts_note": ranked["note"],
+            "selector": ranked["selector"], "selector_note": ranked["selector_note"],
+            "other_picks": ranked["others"],
             "embedding_npz": buf.getvalue(), "values": fisher.values,
             "seconds": {"load": t_load, "embed": t_embed,
                         "total": time.perf_counter() - t0}}

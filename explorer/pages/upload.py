@@ -105,16 +105,24 @@ if result:
     with exp:
         st.markdown("**Experts ranked for this task**")
         if result["experts"] is not None:
+            st.caption(result.get("selector_note", ""))
             st.table(result["experts"].head(10).set_index("rank"))
         else:
             st.info(result["experts_note"][:1].upper() + result["experts_note"][1:] + ".")
+    others = result.get("other_picks")
+    if result["experts"] is not None and others is not None and len(others):
+        st.markdown("**The other selectors that need only the embedding: their first choice**")
+        st.dataframe(others, hide_index=True, key="upload_other_picks",
+                     column_config={"held-out rel. error increase (%)":
+                                    st.column_config.NumberColumn(format="%+.1f"),
+                                    "held-out weighted τ": st.column_config.NumberColumn(format="%+.3f")})
     d1, d2 = st.columns(2)
     d1.download_button("Embedding (.npz)", result["embedding_npz"],
                        file_name=f"{up.safe_name(result['name'])}.task2vec.npz",
                        mime="application/octet-stream", on_click="ignore", key="upload_npz",
                        icon=":material/download:")
     d2.download_button("Nearest tasks and experts (CSV)",
-                       up.results_table(result["nearest"], result["experts"]),
+                       up.results_table(result["nearest"], result["experts"], result.get("selector")),
                        file_name=f"{up.safe_name(result['name'])}-results.csv", mime="text/csv",
                        on_click="ignore", key="upload_csv", icon=":material/download:")
     st.caption("On the maps below the upload (red star) sits at the distance-weighted mean "
