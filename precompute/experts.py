@@ -7,12 +7,13 @@ test error is the entry of the *performance matrix* that model selection is judg
 
 Why it is cheap enough for a 2-core CPU:
 
-- Only the *tail* of the probe is fine-tuned: the last stage and the 1x1 head convolution
-  (EfficientNet-Lite: last block + ``_conv_head`` + ``_bn1``, 1.0 M of 3.4 M backbone weights;
-  ResNet: ``layer4``). The *trunk* before it is frozen and identical for every expert, so its
-  activations are computed once per image and cached on disk (``<cache>/trunk/``); an expert
-  is then a few hundred Adam steps on cached trunk activations, and each expert's features
-  are one pass of its tail (57x cheaper than the whole network at 64 px, measured).
+- Only the *tail* of the probe is fine-tuned: its last ``tail_stages`` stages (default 2) and
+  the 1x1 head convolution (EfficientNet-Lite0: the last 5 blocks + ``_conv_head`` + ``_bn1``,
+  2.7 M of 3.4 M backbone weights; ResNet: ``layer3`` + ``layer4``). The *trunk* before it is
+  frozen and identical for every expert, so its activations are computed once per image and
+  cached on disk (``<cache>/trunk/``); an expert is then a few hundred Adam steps on cached
+  trunk activations, and each expert's features are one pass of its tail. Files made before
+  record no ``tail_stages``: their experts are 1-stage tails (the last block + head).
 - Features are computed once per image per expert, not once per task: images are keyed by a
   content hash of their uint8 pixels at the input size, and the tail runs once per distinct
   key (Fashion-MNIST tasks share images).
@@ -27,7 +28,11 @@ embeddings is the expert's task embedding (``expert_embeddings``). The ImageNet 
 Fisher is zero, i.e. its embedding is the trivial embedding.
 
 Expert weights live outside git in ``<cache>/weights/`` (plain ``torch.save(state_dict)``,
-loaded with ``weights_only=True``); the DuckDB file records their file name and sha256.
+loaded with ``weights_only=True``); the DuckDB file records their file name and sha256. Beside
+them, ``<expert>.heads.pt`` keeps the expert's *source heads* (one linear classifier per source
+task, concatenated: ``weight`` [Z, D], ``bias`` [Z], ``offsets`` [H + 1]), which LEEP and NCE
+read (:func:`precompute.transfer.head_mixture`); the ImageNet expert's source head is the
+probe's own ImageNet classifier, where the probe has one.
 """
 from __future__ import annotations
 
@@ -54,9 +59,10 @@ from .probes import Probe, create
 from .task2vec import _device_name, _versions
 
 IMAGENET_EXPERT = "imagenet"
-DEFAULT_EXPERTS = 16  # fine-tuned experts; plus the ImageNet expert
-DEFAULT_SOURCES = 3  # source tasks per expert; the rest of its group stays novel
+DEFAULT_EXPERTS = 24  # fine-tuned experts (disjoint taxonomy branches); plus the ImageNet expert
+DEFAULT_SOURCES = 8  # at most this many source tasks per expert (and at most half its branch)
 DEFAULT_STEPS = 300
+DEFAULT_TAIL_STAGES = 2  # probe stages an expert fine-tunes (Probe.split); 1 before issue 15
 BATCH_SIZE = 64
 EXPERT_MAX_IMAGES = 2000  # training images per expert (union of its sources, stratified)
 TAIL_LR, HEAD_LR = 5e-4, 5e-3  # Adam, cosine decay
@@ -91,13 +97,17 @@ def _node_path(spec: TaskSpec) -> tuple[str, ...]:
 def plan_experts(specs: Sequence[TaskSpec], num_experts: int = DEFAULT_EXPERTS,
                  sources: int = DEFAULT_SOURCES, sizes: dict[str, int] | None = None
                  ) -> list[ExpertPlan]:
-    """Groups of related tasks from the library's taxonomy, one expert each, plus ImageNet.
+    """Disjoint taxonomy branches, one expert each, plus ImageNet.
 
     Starting from the families, the largest group is split into its taxonomy children while
     there are fewer than ``num_experts`` groups of at least 2 tasks (a split is kept only if
-    it yields at least one such child). Each expert is trained on the ``sources`` largest tasks
-    of its group (``sizes``: train images per task; ties by id); the group's other tasks are
-    related *novel* tasks for model selection. Deterministic: no seed needed.
+    it yields at least one such child), so the groups are disjoint branches of the library's
+    taxonomies, as the paper's experts are iNaturalist/CUB subtrees. Each expert is trained on
+    at most half of its branch (rounded up) and at most ``sources`` tasks: the branch's tasks by
+    size (``sizes``: train images per task; ties by id), every other one from the largest, so
+    the sources and the held-out tasks span the same sizes. The branch's other tasks are never
+    in its training set: they are its related *novel* tasks for model selection.
+    Deterministic: no seed needed.
     """
     if num_experts < 1 or sources < 1:
         raise Task2VecError("--experts and --sources must be at least 1")
@@ -132,8 +142,9 @@ def plan_experts(specs: Sequence[TaskSpec], num_experts: int = DEFAULT_EXPERTS,
     plans = [ExpertPlan(IMAGENET_EXPERT, "ImageNet (generic)", "imagenet")]
     for node, members in sorted(chosen):
         ranked = sorted(members, key=lambda t: (-sizes.get(t, 0), t))
+        take = min(sources, math.ceil(len(members) / 2))
         plans.append(ExpertPlan("expert/" + "/".join(node), node[-1], "finetuned",
-                                tuple(sorted(ranked[:sources])), node, len(members)))
+                                tuple(sorted(ranked[0:2 * take:2])), node, len(members)))
     return plans
 
 
@@ -193,13 +204,16 @@ class Workspace:
     """
 
     def __init__(self, cache: str | Path, info: dict, probe: Probe, device: str,
-                 max_train: int = MAX_TRAIN, max_test: int = MAX_TEST):
+                 max_train: int = MAX_TRAIN, max_test: int = MAX_TEST,
+                 tail_stages: int = DEFAULT_TAIL_STAGES):
         self.info, self.probe = info, probe
         self.input_size, self.seed = int(info["input_size"]), int(info["seed"])
         self.max_train, self.max_test = max_train, max_test
+        self.tail_stages = tail_stages
         self.device = torch.device(device)
-        fingerprint = json.dumps([info["library"], info["probe"], self.input_size, self.seed,
-                                  max_train, max_test])
+        key = [info["library"], info["probe"], self.input_size, self.seed, max_train, max_test]
+        # the trunk activations depend on the cut; 1-stage caches keep their old folder
+        fingerprint = json.dumps(key if tail_stages == 1 else key + [tail_stages])
         self.root = Path(cache) / _slug(f"{Path(str(info['library'])).name}-{info['probe']}"
                                         f"-{self.input_size}px") / hashlib.sha1(
             fingerprint.encode()).hexdigest()[:10]
@@ -208,7 +222,7 @@ class Workspace:
             (self.root / "weights").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise Task2VecError(f"cannot create cache folder {self.root}: {exc.strerror}") from None
-        self.trunk_net, self.tail_template = probe.split()
+        self.trunk_net, self.tail_template = probe.split(tail_stages)
         self.trunk_net = self.trunk_net.to(self.device).eval().requires_grad_(False)
         self._trunk_memo: dict[str, np.ndarray] = {}  # key -> activations, within this run
 
@@ -282,6 +296,9 @@ class Workspace:
     def weights_file(self, expert_id: str) -> Path:
         return self.root / "weights" / f"{_slug(expert_id)}.pt"
 
+    def heads_file(self, expert_id: str) -> Path:
+        return self.root / "weights" / f"{_slug(expert_id)}.heads.pt"
+
     def load_tail(self, expert_id: str, meta: dict) -> nn.Module:
         """The expert's tail on the workspace device, eval mode, frozen."""
         tail = copy.deepcopy(self.tail_template)
@@ -301,6 +318,33 @@ class Workspace:
                                     f"{str(exc).splitlines()[0]}") from None
         return tail.to(self.device).eval().requires_grad_(False)
 
+    def load_heads(self, expert_id: str, meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The expert's source heads (weight [Z, D], bias [Z], offsets [H + 1]) for LEEP and NCE:
+        a fine-tuned expert's saved heads, the ImageNet expert's ImageNet classifier; ``None``
+        where there are none (experts trained before the heads were saved, a probe without a
+        classifier)."""
+        if not meta.get("weights_file"):  # the ImageNet expert: the probe's own head
+            head = self.probe.classifier
+            if head is None:
+                return None
+            w = head.weight.detach().cpu().numpy()
+            return w, head.bias.detach().cpu().numpy(), np.array([0, len(w)])
+        if not meta.get("heads_file"):
+            return None
+        path = self.root / "weights" / meta["heads_file"]
+        if not path.is_file():
+            raise Task2VecError(f"source heads of expert {expert_id} are missing ({path}); run "
+                                "python -m precompute experts again with the same --cache")
+        if _sha256(path) != meta["heads_sha256"]:
+            raise Task2VecError(f"source heads file {path} does not match the library (sha256); "
+                                "run python -m precompute experts again to retrain it")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            return (state["weight"].numpy(), state["bias"].numpy(), state["offsets"].numpy())
+        except Exception as exc:
+            raise Task2VecError(f"cannot read source heads {path}: "
+                                f"{str(exc).splitlines()[0]}") from None
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -316,7 +360,7 @@ def _sha256(path: Path) -> str:
 
 def train_expert(tail: nn.Module, sources: Sequence[TaskFeatures], *, steps: int = DEFAULT_STEPS,
                  batch_size: int = BATCH_SIZE, max_images: int = EXPERT_MAX_IMAGES, seed: int = 0,
-                 device: str | torch.device = "cpu") -> tuple[dict, dict]:
+                 device: str | torch.device = "cpu") -> tuple[dict, dict, dict]:
     """Fine-tune a copy of ``tail`` on the train splits of ``sources`` (one linear head each).
 
     Multi-task cross-entropy: a sample's logits are its own task's head (others masked out);
@@ -324,7 +368,9 @@ def train_expert(tail: nn.Module, sources: Sequence[TaskFeatures], *, steps: int
     the sources (stratified by class, seeded). BatchNorm in train mode (adapts its statistics to
     the new domain). Adam, ``TAIL_LR`` for the tail and ``HEAD_LR`` for the heads, cosine decay.
 
-    Returns (state dict of the tail, info: images, train error of the last 20 steps, seconds).
+    Returns (state dict of the tail, info: images, train error of the last 20 steps, seconds,
+    the source heads: ``{"weight": [Z, D], "bias": [Z], "offsets": [H + 1]}``, head j owning
+    rows ``offsets[j]:offsets[j + 1]``, in the order of ``sources``).
     """
     device = torch.device(device)
     rng = np.random.default_rng([seed, 11])
@@ -355,7 +401,7 @@ def train_expert(tail: nn.Module, sources: Sequence[TaskFeatures], *, steps: int
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
     gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     wrong, seen = 0, 0
     for step in range(steps):
         index = torch.randint(len(y), (min(batch_size, len(y)),), generator=gen).to(device)
@@ -368,13 +414,17 @@ def train_expert(tail: nn.Module, sources: Sequence[TaskFeatures], *, steps: int
         if step >= steps - 20:
             wrong += int((logits.argmax(1) != y[index]).sum())
             seen += len(index)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    heads = {"weight": head.weight.detach().cpu().clone(), "bias": head.bias.detach().cpu().clone(),
+             "offsets": torch.tensor(offsets, dtype=torch.int64)}
     info = {"images": int(len(y)), "train_error_last_steps": wrong / max(seen, 1),
-            "seconds": round(seconds, 3), "steps": steps, "batch_size": batch_size,
+            "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+            "steps": steps, "batch_size": batch_size,
             "tail_lr": TAIL_LR, "head_lr": HEAD_LR, "optimizer": "adam+cosine", "seed": seed,
-            "images_per_source": {s.task_id: int(len(a)) for s, a in zip(sources, acts)}}
-    return state, info
+            "images_per_source": {s.task_id: int(len(a)) for s, a in zip(sources, acts)},
+            "head_classes": {s.task_id: int(s.num_classes) for s in sources}}
+    return state, info, heads
 
 
 def expert_embedding(plan: ExpertPlan, info: dict, task_embeddings: dict[str, np.ndarray],
@@ -405,8 +455,8 @@ def _library_state(con, specs: Sequence[TaskSpec]) -> tuple[dict, dict[str, Task
 def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
                   num_experts: int = DEFAULT_EXPERTS, sources: int = DEFAULT_SOURCES,
                   steps: int = DEFAULT_STEPS, max_images: int = EXPERT_MAX_IMAGES, seed: int = 0,
-                  device: str = "cpu", progress: bool = True,
-                  probe: Probe | None = None) -> list[ExpertPlan]:
+                  device: str = "cpu", progress: bool = True, probe: Probe | None = None,
+                  tail_stages: int = DEFAULT_TAIL_STAGES) -> list[ExpertPlan]:
     """Train the expert library into ``con`` (resumable: one transaction per expert).
 
     An expert already in the file is kept if its weights file is in the cache with the
@@ -420,14 +470,14 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
     sizes = dict(con.execute("SELECT task_id, num_train FROM tasks").fetchall())
     plans = plan_experts([by_id[t] for t in db_tasks], num_experts, sources, sizes)
     settings = {"num_experts": num_experts, "sources": sources, "steps": steps,
-                "max_images": max_images, "seed": seed}
+                "max_images": max_images, "seed": seed, "tail_stages": tail_stages}
     old = info.get("experts")
     if old and {k: old.get(k) for k in settings} != settings:
         changed = [k for k in settings if old.get(k) != settings[k]]
         raise Task2VecError(f"the library's experts were made with other settings "
                             f"({', '.join(changed)}); use the same options, or a fresh library file")
     probe = probe or create(info["probe"])
-    ws = Workspace(cache, info, probe, device)
+    ws = Workspace(cache, info, probe, device, tail_stages=tail_stages)
     done = {r[0]: json.loads(r[1]) for r in con.execute("SELECT expert_id, meta FROM experts").fetchall()}
     method = store.task_method(info)
     embeddings = dict(zip(*store.embedding_matrix(con, method)))
@@ -448,23 +498,25 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
             continue
         t0 = time.perf_counter()
         if plan.kind == "imagenet":
-            state, train = None, {"images": 0, "seconds": 0.0, "seed": seed}
+            state, train, heads = None, {"images": 0, "seconds": 0.0, "seed": seed}, None
         else:
             feats = [ws.task_features(by_id[t]) for t in plan.source_tasks]
-            state, train = train_expert(ws.tail_template, feats, steps=steps, max_images=max_images,
-                                        seed=seed, device=device)
+            state, train, heads = train_expert(ws.tail_template, feats, steps=steps,
+                                               max_images=max_images, seed=seed, device=device)
         meta = {**train, "group": list(plan.group), "group_size": plan.group_size,
                 "probe": info["probe"], "input_size": ws.input_size,
-                "tail": type(ws.tail_template).__name__, "device": _device_name(ws.device),
-                "versions": _versions(), "weights_file": None, "weights_sha256": None,
+                "tail": type(ws.tail_template).__name__, "tail_stages": tail_stages,
+                "device": _device_name(ws.device), "versions": _versions(),
+                "weights_file": None, "weights_sha256": None, "heads_file": None, "heads_sha256": None,
                 "embedding": "imagenet: trivial (F = 0)" if plan.kind == "imagenet" else
                 "image-weighted mean of the sources' Fisher embeddings"}
         if state is not None:
-            path = ws.weights_file(plan.expert_id)
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save(state, tmp)
-            tmp.replace(path)
-            meta["weights_file"], meta["weights_sha256"] = path.name, _sha256(path)
+            for what, path, value in (("weights", ws.weights_file(plan.expert_id), state),
+                                      ("heads", ws.heads_file(plan.expert_id), heads)):
+                tmp = path.with_name(path.name + ".tmp")
+                torch.save(value, tmp)
+                tmp.replace(path)
+                meta[f"{what}_file"], meta[f"{what}_sha256"] = path.name, _sha256(path)
         value = expert_embedding(plan, train, embeddings, trivial)
         meta["seconds_total"] = round(time.perf_counter() - t0, 3)
         with store.transaction(con):
@@ -485,8 +537,14 @@ def _delete_experts(con, expert_ids: Sequence[str]) -> None:
 
 
 def _weights_ok(ws: Workspace, meta: dict) -> bool:
-    path = ws.root / "weights" / str(meta.get("weights_file"))
-    return path.is_file() and _sha256(path) == meta.get("weights_sha256")
+    """The expert's weights (and its source heads, where it has them) are in the cache, intact."""
+    for what in ("weights", "heads"):
+        if what == "heads" and not meta.get("heads_file"):
+            continue
+        path = ws.root / "weights" / str(meta.get(f"{what}_file"))
+        if not (path.is_file() and _sha256(path) == meta.get(f"{what}_sha256")):
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,7 +569,10 @@ def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device:
 
     Trunk activations come from the cache (computed once per task); each expert's tail runs
     once per distinct image of the tasks still to do; rows are committed every
-    ``COMMIT_EVERY`` tasks, so a killed run resumes where it stopped. Returns timings.
+    ``COMMIT_EVERY`` tasks, so a killed run resumes where it stopped. The transfer scores
+    (:mod:`precompute.transfer`) are computed on the task's train split: LogME, k-NN, H-score
+    on the expert's features, LEEP and NCE on its source heads' predictions (NULL for an
+    expert without heads). Returns timings.
     """
     from tqdm.auto import tqdm
 
@@ -521,22 +582,25 @@ def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device:
     if not experts:
         raise Task2VecError("the library has no experts yet: run python -m precompute experts first")
     settings = {"max_train": max_train, "max_test": max_test, "l2": transfer.LINEAR_L2,
-                "knn_k": transfer.KNN_K}
+                "knn_k": transfer.KNN_K, "hscore_shrinkage": transfer.HSCORE_SHRINKAGE}
     old = info.get("matrix")
     if old and {k: old.get(k) for k in settings} != settings:
         raise Task2VecError("the performance matrix was started with other settings "
                             f"({old}); use the same options, or a fresh library file")
     store.set_info(con, matrix={**settings, "classifier": "multinomial logistic regression, "
                                 "standardised features, L-BFGS", "device": device,
-                                "versions": _versions()})
+                                "source_heads": "1/H mixture of the heads' softmaxes (LEEP); "
+                                "one hard label per head (NCE)", "versions": _versions()})
     done = set(con.execute("SELECT expert_id, task_id FROM performance").fetchall())
     todo = {e: [t for t in db_tasks if (e, t) not in done] for e, _ in experts}
     needed = sorted({t for ts in todo.values() for t in ts})
-    timings = {"trunk_s": 0.0, "tail_s": {}, "fit_s": 0.0, "pairs": 0}
+    timings = {"trunk_s": 0.0, "tail_s": {}, "fit_s": 0.0, "scores_s": {}, "pairs": 0}
     if not needed:
         return timings
     probe = probe or create(info["probe"])
-    ws = Workspace(cache, info, probe, device, max_train, max_test)
+    # the experts' own cut; files whose experts predate the setting have 1-stage tails
+    tail_stages = int((info.get("experts") or {}).get("tail_stages", 1))
+    ws = Workspace(cache, info, probe, device, max_train, max_test, tail_stages=tail_stages)
     t0 = time.perf_counter()
     feats = {t: ws.task_features(by_id[t])
              for t in tqdm(needed, desc="trunk features", unit="task", disable=not progress)}
@@ -547,6 +611,7 @@ def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device:
         if not tasks:
             continue
         tail = ws.load_tail(expert_id, meta)
+        heads = ws.load_heads(expert_id, meta)
         # distinct images of the tasks to do: the tail runs once per image
         index: dict[str, int] = {}
         rows = []
@@ -572,17 +637,15 @@ def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device:
             train_err, test_err = transfer.linear_probe(x["train"], f.labels["train"], x["test"],
                                                         f.labels["test"], f.num_classes)
             fit_s = time.perf_counter() - t1
-            t1 = time.perf_counter()
-            lm = transfer.logme(x["train"], f.labels["train"])
-            logme_s = time.perf_counter() - t1
-            t1 = time.perf_counter()
-            knn = transfer.knn_accuracy(x["train"], f.labels["train"])
-            knn_s = time.perf_counter() - t1
+            scores = _transfer_scores(x["train"], f.labels["train"], heads)
+            for name, (_, sec) in scores.items():
+                timings["scores_s"][name] = timings["scores_s"].get(name, 0.0) + sec
             n_images = len(f.keys["train"]) + len(f.keys["test"])
             feature_s = n_images * (per_image + f.trunk_seconds_per_image)
             timings["fit_s"] += fit_s
             pending.append(((expert_id, t, test_err, train_err, feature_s + fit_s),
-                            (expert_id, t, lm, knn, feature_s, logme_s, knn_s)))
+                            (expert_id, t, feature_s,
+                             *(v for name in SCORES for v in scores[name]))))
             if len(pending) >= COMMIT_EVERY or n == len(tasks) - 1:
                 _write_rows(con, pending)
                 timings["pairs"] += len(pending)
@@ -590,8 +653,41 @@ def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device:
     return timings
 
 
+# feature_scores columns: (score, its seconds) per transfer score, as store.expert_schema has them
+SCORES = {"logme": ("logme", "logme_seconds"), "knn": ("knn_accuracy", "knn_seconds"),
+          "hscore": ("hscore", "hscore_seconds"), "leep": ("leep", "leep_seconds"),
+          "nce": ("nce", "nce_seconds")}
+
+
+def _transfer_scores(x: np.ndarray, y: np.ndarray,
+                     heads: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> dict:
+    """name -> (score, seconds) of every transfer score of one expert's train-split features
+    ``x`` on one task; LEEP and NCE are (None, None) without source heads. The source heads'
+    logits are computed once and their cost shared by LEEP and NCE."""
+    out = {}
+    for name, score in (("logme", transfer.logme), ("knn", transfer.knn_accuracy),
+                        ("hscore", transfer.hscore)):
+        t1 = time.perf_counter()
+        value = score(x, y)
+        out[name] = (value, time.perf_counter() - t1)
+    if heads is None:
+        return {**out, "leep": (None, None), "nce": (None, None)}
+    weight, bias, offsets = heads
+    t1 = time.perf_counter()
+    theta, hard = transfer.head_mixture(x.astype(np.float64) @ weight.T.astype(np.float64) + bias,
+                                        offsets)
+    shared = time.perf_counter() - t1
+    for name, score, source in (("leep", transfer.leep, theta), ("nce", transfer.nce, hard)):
+        t1 = time.perf_counter()
+        value = score(source, y)
+        out[name] = (value, shared + time.perf_counter() - t1)
+    return out
+
+
 def _write_rows(con, pending: list) -> None:
+    columns = ["expert_id", "task_id", "feature_seconds",
+               *(c for name in SCORES for c in SCORES[name])]
     with store.transaction(con):
         con.executemany("INSERT INTO performance VALUES (?, ?, ?, ?, ?)", [p for p, _ in pending])
-        con.executemany("INSERT INTO feature_scores VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [s for _, s in pending])
+        con.executemany(f"INSERT INTO feature_scores ({', '.join(columns)}) "
+                        f"VALUES ({', '.join('?' * len(columns))})", [s for _, s in pending])

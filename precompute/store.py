@@ -183,6 +183,14 @@ def expert_schema(dim: int) -> str:
         expert_id VARCHAR, task_id VARCHAR, logme DOUBLE, knn_accuracy DOUBLE,
         feature_seconds DOUBLE, logme_seconds DOUBLE, knn_seconds DOUBLE,
         PRIMARY KEY (expert_id, task_id));
+    -- added with H-score, LEEP and NCE: files made before gain the columns (NULL) when opened
+    -- for writing; read-only readers must treat them as possibly absent
+    ALTER TABLE feature_scores ADD COLUMN IF NOT EXISTS hscore DOUBLE;
+    ALTER TABLE feature_scores ADD COLUMN IF NOT EXISTS hscore_seconds DOUBLE;
+    ALTER TABLE feature_scores ADD COLUMN IF NOT EXISTS leep DOUBLE;
+    ALTER TABLE feature_scores ADD COLUMN IF NOT EXISTS leep_seconds DOUBLE;
+    ALTER TABLE feature_scores ADD COLUMN IF NOT EXISTS nce DOUBLE;
+    ALTER TABLE feature_scores ADD COLUMN IF NOT EXISTS nce_seconds DOUBLE;
     CREATE TABLE IF NOT EXISTS model2vec (
         expert_id VARCHAR PRIMARY KEY, bias USMALLINT[{dim}], meta JSON);
     CREATE TABLE IF NOT EXISTS selector_rankings (
