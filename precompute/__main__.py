@@ -6,11 +6,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import Task2VecError
 from .probes import DEFAULT_PROBE, available
 from .task2vec import DEFAULT_INPUT_SIZE, DEFAULT_METHOD, METHODS, TaskEmbedding
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    """Where the stage's units run (precompute.engine)."""
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local: this process (default); ray: a Ray cluster's workers")
+    p.add_argument("--ray-address", help="Ray cluster to use (HOST:PORT or auto; default: the "
+                   "one ray start left on this machine, else a local Ray instance for this run; "
+                   "local: always a local instance)")
+    p.add_argument("--gpus-per-task", type=float, default=1.0,
+                   help="with --engine ray --device cuda: GPUs per unit (fractions share a GPU)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--families", help="demo library only: comma-separated families to build "
                    "(default: all: fashion_mnist,glyphs,digits,emoji)")
     b.add_argument("--quiet", action="store_true")
+    _engine_options(b)
 
     a = sub.add_parser("analyse", help="taxonomy and shared-domain checks of a library file")
     a.add_argument("--db", required=True)
@@ -66,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--device", default="cpu")
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--quiet", action="store_true")
+    _engine_options(x)
 
     m = sub.add_parser("matrix", help="performance matrix: linear classifier per expert and task (resumable)")
     m.add_argument("library", help="the LIBRARY the file was built from")
@@ -76,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--max-test", type=int, default=MAX_TEST, help="test images per task (stratified)")
     m.add_argument("--device", default="cpu")
     m.add_argument("--quiet", action="store_true")
+    _engine_options(m)
 
     v = sub.add_parser("evaluate", help="model selection: Table 1 of the paper for this library")
     v.add_argument("--db", required=True)
@@ -140,15 +155,34 @@ def _library_specs(args: argparse.Namespace, seed: int):
     return read_user_library(args.library, seed=seed)
 
 
+@contextmanager
+def _executor(args: argparse.Namespace):
+    """The executor ``--engine`` names, closed (a local Ray instance shut down) when done."""
+    from .engine import executor
+
+    ex = executor(args.engine, address=args.ray_address, device=args.device,
+                  gpus_per_task=args.gpus_per_task, progress=not args.quiet)
+    try:
+        yield ex
+    except Task2VecError:
+        ex.close()
+        raise
+    except BaseException:  # a crash: a local Ray instance's logs are kept for a look
+        ex.close(keep_logs=True)
+        raise
+    ex.close()
+
+
 def _build(args: argparse.Namespace) -> int:
     from .build import build_library
 
     specs = _library_specs(args, args.seed)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     maps = [m.strip() for m in args.maps.split(",") if m.strip()]
-    db = build_library(specs, args.db, library=args.library, probe=args.probe, methods=methods,
-                       input_size=args.input_size, device=args.device, seed=args.seed, maps=maps,
-                       progress=not args.quiet)
+    with _executor(args) as ex:
+        db = build_library(specs, args.db, library=args.library, probe=args.probe, methods=methods,
+                           input_size=args.input_size, device=args.device, seed=args.seed,
+                           maps=maps, progress=not args.quiet, executor=ex)
     print(f"library {args.library}: {len(specs)} tasks written to {db}")
     return 0
 
@@ -182,10 +216,10 @@ def _experts(args: argparse.Namespace) -> int:
     from .experts import build_experts
 
     specs = _library_specs_of(args)
-    with store.updating(args.db) as con:
+    with _executor(args) as ex, store.updating(args.db) as con:
         plans = build_experts(con, specs, args.cache, num_experts=args.experts, sources=args.sources,
                               steps=args.steps, max_images=args.max_images, seed=args.seed,
-                              device=args.device, progress=not args.quiet)
+                              device=args.device, progress=not args.quiet, executor=ex)
         rows = con.execute("SELECT expert_id, meta->>'seconds', meta->>'images' FROM experts "
                            "ORDER BY expert_id").fetchall()
     for expert_id, seconds, images in rows:
@@ -199,9 +233,9 @@ def _matrix(args: argparse.Namespace) -> int:
     from .experts import compute_matrix
 
     specs = _library_specs_of(args)
-    with store.updating(args.db) as con:
+    with _executor(args) as ex, store.updating(args.db) as con:
         timings = compute_matrix(con, specs, args.cache, device=args.device, max_train=args.max_train,
-                                 max_test=args.max_test, progress=not args.quiet)
+                                 max_test=args.max_test, progress=not args.quiet, executor=ex)
         n = con.execute("SELECT count(*), avg(seconds) FROM performance").fetchone()
     tail = sum(timings["tail_s"].values())
     print(f"performance matrix: {n[0]} expert-task pairs in {args.db} ({timings['pairs']} this run; "

@@ -8,6 +8,7 @@ moved over ``FILE`` (``os.replace``): the app never sees a half-written library.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -38,13 +39,15 @@ def task_seed(seed: int, task_id: str) -> int:
 def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: str,
                   probe: str = DEFAULT_PROBE, methods: Sequence[str] = (DEFAULT_METHOD, "domain"),
                   input_size: int = DEFAULT_INPUT_SIZE, device: str = "cpu", seed: int = 0,
-                  maps: Sequence[str] = ("tsne", "umap"), progress: bool = True) -> Path:
+                  maps: Sequence[str] = ("tsne", "umap"), progress: bool = True,
+                  executor=None) -> Path:
     """Embed ``specs`` into the DuckDB file ``db``, published atomically.
 
     If ``db`` is a library built with the same settings (library, probe, methods, input size,
     seed), it is extended: only tasks not in it are embedded, the maps are recomputed, and its
     experts and performance matrix are kept (the ``matrix`` stage then fills the new tasks'
-    rows); otherwise ``db`` is replaced by a fresh build.
+    rows); otherwise ``db`` is replaced by a fresh build. ``executor`` (precompute.engine) runs
+    the per-task units (:func:`embed_task`), in this process by default.
     """
     db = Path(db)
     if not specs:
@@ -60,7 +63,7 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
     if not db.parent.exists():
         raise Task2VecError(f"output folder {db.parent} does not exist")
     work = db.with_name(db.name + ".building")
-    probe_net = create(probe)
+    probe_net = _probe(probe)
     settings = {"library": library, "probe": probe, "methods": list(methods),
                 "input_size": input_size, "seed": seed, "filters": probe_net.num_filters,
                 "layers": [[n, m.weight.shape[0]] for n, m in probe_net.filter_layers()]}
@@ -78,7 +81,8 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
         started = datetime.now(timezone.utc)
         done = store.done_task_ids(con)
         todo = [s for s in specs if s.task_id not in done]
-        seconds = _embed_tasks(con, todo, probe_net, methods, input_size, device, seed, progress)
+        seconds = _embed_tasks(con, todo, probe, methods, input_size, device, seed, progress,
+                               executor)
         if todo:  # new tasks make the stored model-selection evaluation stale
             selection.drop_evaluation(con)
         _compute_maps(con, methods, maps, seed, progress)
@@ -152,30 +156,42 @@ def _load_task(spec: TaskSpec, input_size: int):
     return train, sum(r.split == "test" for r in records)
 
 
-def _embed_tasks(con, todo: Sequence[TaskSpec], probe_net, methods, input_size: int, device: str,
-                 seed: int, progress: bool) -> float:
-    from concurrent.futures import ThreadPoolExecutor
+@functools.lru_cache(maxsize=2)
+def _probe(name: str):
+    """The probe by name, created once per process (a Ray worker serves many tasks)."""
+    return create(name)
 
-    from tqdm.auto import tqdm
+
+def _load_unit(spec: TaskSpec, probe: str, methods, input_size: int, device: str, seed: int):
+    return _load_task(spec, input_size)
+
+
+def embed_task(spec: TaskSpec, probe: str, methods: Sequence[str], input_size: int, device: str,
+               seed: int, loaded=None) -> dict:
+    """The build's unit: one task's rows (task row, embeddings, thumbnails), from its spec and
+    the build's settings; the images are read here (``loaded``: already decoded)."""
+    train, num_test = loaded or _load_task(spec, input_size)
+    embeddings = embed_methods(train, _probe(probe), methods=methods, input_size=input_size,
+                               device=device, seed=task_seed(seed, spec.task_id))
+    task_row = {"task_id": spec.task_id, "family": spec.family, "name": spec.name,
+                "taxonomy": spec.taxonomy, "classes": train.classes,
+                "class_counts": train.class_counts(), "num_train": train.size,
+                "num_test": num_test, "meta": spec.meta}
+    return {"task": task_row, "embeddings": embeddings, "thumbnails": _thumbnails(train)}
+
+
+def _embed_tasks(con, todo: Sequence[TaskSpec], probe: str, methods, input_size: int, device: str,
+                 seed: int, progress: bool, executor=None) -> float:
+    from .engine import LOCAL, Unit
 
     t_start = time.perf_counter()
-    bar = tqdm(todo, desc="embedding tasks", unit="task", disable=not progress)
-    # The next task is decoded in a background thread while this one is embedded, so the
-    # device never waits for image decoding (PIL and numpy release the GIL).
-    with ThreadPoolExecutor(max_workers=1) as loader:
-        pending = loader.submit(_load_task, todo[0], input_size) if todo else None
-        for i, spec in enumerate(bar):
-            bar.set_postfix_str(spec.task_id[-40:])
-            train, num_test = pending.result()
-            if i + 1 < len(todo):
-                pending = loader.submit(_load_task, todo[i + 1], input_size)
-            embeddings = embed_methods(train, probe_net, methods=methods, input_size=input_size,
-                                       device=device, seed=task_seed(seed, spec.task_id))
-            task_row = {"task_id": spec.task_id, "family": spec.family, "name": spec.name,
-                        "taxonomy": spec.taxonomy, "classes": train.classes,
-                        "class_counts": train.class_counts(), "num_train": train.size,
-                        "num_test": num_test, "meta": spec.meta}
-            store.write_task(con, task_row, embeddings, _thumbnails(train))
+    units = [Unit(s.task_id, (s, probe, list(methods), input_size, device, seed)) for s in todo]
+    # Each task is committed as it arrives (any order: rows are keyed by task id). Locally the
+    # next task is decoded in a background thread while this one is embedded, so the device
+    # never waits for image decoding (PIL and numpy release the GIL).
+    for _, rows in (executor or LOCAL).run(embed_task, units, load=_load_unit,
+                                           desc="embedding tasks", unit="task", progress=progress):
+        store.write_task(con, rows["task"], rows["embeddings"], rows["thumbnails"])
     return time.perf_counter() - t_start
 
 

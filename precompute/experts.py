@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
+import os
 import re
 import time
 import zlib
@@ -270,7 +272,7 @@ class Workspace:
         out.trunk_seconds_per_image = seconds / computed if computed else 0.0
         meta = {"num_classes": out.num_classes, "trunk_seconds_per_image": out.trunk_seconds_per_image,
                 "max_train": self.max_train, "max_test": self.max_test, "seed": self.seed}
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # workers may write at once
         with open(tmp, "wb") as fh:
             np.savez(fh, meta=np.array(json.dumps(meta)),
                      **{f"{s}_{what}": np.asarray(getattr(out, attr)[s])
@@ -285,8 +287,15 @@ class Workspace:
         batch = 512 if self.device.type == "cuda" else 128
         out = []
         for start in range(0, len(images), batch):
-            x = self.probe.normalize(images[start:start + batch].to(self.device))
-            out.append(self.trunk_net(x).to(torch.float16).cpu())
+            chunk = images[start:start + batch]
+            # Always a full batch (the last one padded with zeros): the convolutions' algorithm
+            # depends on the batch size, and with it the float rounding (measured: 121 of 128
+            # images differ in a float16 ulp between batches of 8 and of 128), so an image's
+            # activations would depend on which images the process had seen before (the memo).
+            x = torch.zeros((batch, *chunk.shape[1:]), dtype=chunk.dtype)
+            x[:len(chunk)] = chunk
+            x = self.probe.normalize(x.to(self.device))
+            out.append(self.trunk_net(x)[:len(chunk)].to(torch.float16).cpu())
         return torch.cat(out).numpy()
 
     def clear_memo(self) -> None:
@@ -344,6 +353,29 @@ class Workspace:
         except Exception as exc:
             raise Task2VecError(f"cannot read source heads {path}: "
                                 f"{str(exc).splitlines()[0]}") from None
+
+
+_WORKSPACES: dict = {}  # this process's workspaces (a Ray worker serves many units)
+TRUNK_MEMO_MAX = 200_000  # trunk activations kept per process between units (~0.3 GB at 64 px)
+
+
+def workspace(cache: str | Path, info: dict, device: str, max_train: int = MAX_TRAIN,
+              max_test: int = MAX_TEST, probe: Probe | None = None,
+              tail_stages: int = DEFAULT_TAIL_STAGES) -> Workspace:
+    """The library's :class:`Workspace` in this process, created once (the probe by name
+    unless one is given) and reused by every unit that runs here."""
+    key = (str(Path(cache).resolve()), json.dumps([info["library"], info["probe"],
+           info["input_size"], info["seed"]]), str(device), max_train, max_test, id(probe),
+           tail_stages)
+    ws = _WORKSPACES.get(key)
+    if ws is None:
+        if len(_WORKSPACES) >= 2:
+            _WORKSPACES.clear()
+        ws = _WORKSPACES[key] = Workspace(cache, info, probe or create(info["probe"]), device,
+                                          max_train, max_test, tail_stages=tail_stages)
+    elif len(ws._trunk_memo) > TRUNK_MEMO_MAX:
+        ws.clear_memo()
+    return ws
 
 
 def _sha256(path: Path) -> str:
@@ -456,13 +488,14 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
                   num_experts: int = DEFAULT_EXPERTS, sources: int = DEFAULT_SOURCES,
                   steps: int = DEFAULT_STEPS, max_images: int = EXPERT_MAX_IMAGES, seed: int = 0,
                   device: str = "cpu", progress: bool = True, probe: Probe | None = None,
-                  tail_stages: int = DEFAULT_TAIL_STAGES) -> list[ExpertPlan]:
+                  tail_stages: int = DEFAULT_TAIL_STAGES, executor=None) -> list[ExpertPlan]:
     """Train the expert library into ``con`` (resumable: one transaction per expert).
 
     An expert already in the file is kept if its weights file is in the cache with the
     recorded sha256; otherwise it is retrained (and its performance rows dropped).
+    ``executor`` (precompute.engine) runs the per-expert units (:func:`train_one`).
     """
-    from tqdm.auto import tqdm
+    from .engine import LOCAL, Unit
 
     if steps < 1:
         raise Task2VecError("--steps must be at least 1")
@@ -476,8 +509,7 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
         changed = [k for k in settings if old.get(k) != settings[k]]
         raise Task2VecError(f"the library's experts were made with other settings "
                             f"({', '.join(changed)}); use the same options, or a fresh library file")
-    probe = probe or create(info["probe"])
-    ws = Workspace(cache, info, probe, device, tail_stages=tail_stages)
+    ws = workspace(cache, info, device, probe=probe, tail_stages=tail_stages)
     done = {r[0]: json.loads(r[1]) for r in con.execute("SELECT expert_id, meta FROM experts").fetchall()}
     method = store.task_method(info)
     embeddings = dict(zip(*store.embedding_matrix(con, method)))
@@ -490,35 +522,14 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
             _delete_experts(con, stale)
         if progress:
             print(f"dropped {len(stale)} expert(s) no longer planned: {', '.join(stale)}", flush=True)
-    bar = tqdm(plans, desc="experts", unit="expert", disable=not progress)
-    for plan in bar:
-        bar.set_postfix_str(plan.expert_id[-40:])
-        meta = done.get(plan.expert_id)
-        if meta is not None and (plan.kind == "imagenet" or _weights_ok(ws, meta)):
-            continue
-        t0 = time.perf_counter()
-        if plan.kind == "imagenet":
-            state, train, heads = None, {"images": 0, "seconds": 0.0, "seed": seed}, None
-        else:
-            feats = [ws.task_features(by_id[t]) for t in plan.source_tasks]
-            state, train, heads = train_expert(ws.tail_template, feats, steps=steps,
-                                               max_images=max_images, seed=seed, device=device)
-        meta = {**train, "group": list(plan.group), "group_size": plan.group_size,
-                "probe": info["probe"], "input_size": ws.input_size,
-                "tail": type(ws.tail_template).__name__, "tail_stages": tail_stages,
-                "device": _device_name(ws.device), "versions": _versions(),
-                "weights_file": None, "weights_sha256": None, "heads_file": None, "heads_sha256": None,
-                "embedding": "imagenet: trivial (F = 0)" if plan.kind == "imagenet" else
-                "image-weighted mean of the sources' Fisher embeddings"}
-        if state is not None:
-            for what, path, value in (("weights", ws.weights_file(plan.expert_id), state),
-                                      ("heads", ws.heads_file(plan.expert_id), heads)):
-                tmp = path.with_name(path.name + ".tmp")
-                torch.save(value, tmp)
-                tmp.replace(path)
-                meta[f"{what}_file"], meta[f"{what}_sha256"] = path.name, _sha256(path)
-        value = expert_embedding(plan, train, embeddings, trivial)
-        meta["seconds_total"] = round(time.perf_counter() - t0, 3)
+    units = [Unit(p.expert_id, (p, [by_id[t] for t in p.source_tasks], str(cache), info, device,
+                                steps, max_images, seed, probe, tail_stages))
+             for p in plans if not (p.expert_id in done and (p.kind == "imagenet"
+                                                             or _weights_ok(ws, done[p.expert_id])))]
+    for unit, meta in (executor or LOCAL).run(train_one, units, desc="experts", unit="expert",
+                                             progress=progress):
+        plan = unit.args[0]
+        value = expert_embedding(plan, meta, embeddings, trivial)
         with store.transaction(con):
             _delete_experts(con, [plan.expert_id])
             con.execute("INSERT INTO experts VALUES (?, ?, ?, ?, ?)",
@@ -529,6 +540,39 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
     ws.clear_memo()
     return plans
 
+
+def train_one(plan: ExpertPlan, sources: Sequence[TaskSpec], cache: str, info: dict, device: str,
+              steps: int, max_images: int, seed: int, probe: Probe | None = None,
+              tail_stages: int = DEFAULT_TAIL_STAGES) -> dict:
+    """The experts stage's unit: train one expert on its source tasks (their trunk activations
+    from the shared cache, or computed here), write its weights and source heads to the
+    cache; its meta row."""
+    ws = workspace(cache, info, device, probe=probe, tail_stages=tail_stages)
+    t0 = time.perf_counter()
+    if plan.kind == "imagenet":
+        state, train, heads = None, {"images": 0, "seconds": 0.0, "seed": seed}, None
+    else:
+        feats = [ws.task_features(s) for s in sources]
+        state, train, heads = train_expert(ws.tail_template, feats, steps=steps,
+                                           max_images=max_images, seed=seed, device=device)
+    meta = {**train, "group": list(plan.group), "group_size": plan.group_size,
+            "probe": info["probe"], "input_size": ws.input_size,
+            "tail": type(ws.tail_template).__name__, "tail_stages": tail_stages,
+            "device": _device_name(ws.device), "versions": _versions(),
+            "weights_file": None, "weights_sha256": None, "heads_file": None, "heads_sha256": None,
+            "embedding": "imagenet: trivial (F = 0)" if plan.kind == "imagenet" else
+            "image-weighted mean of the sources' Fisher embeddings"}
+    if state is not None:
+        for what, path, value in (("weights", ws.weights_file(plan.expert_id), state),
+                                  ("heads", ws.heads_file(plan.expert_id), heads)):
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # workers may write at once
+            buf = io.BytesIO()  # torch.save names the archive after a file: the same bytes
+            torch.save(value, buf)  # from any worker, so the sha256 is the tensors'
+            tmp.write_bytes(buf.getvalue())
+            tmp.replace(path)
+            meta[f"{what}_file"], meta[f"{what}_sha256"] = path.name, _sha256(path)
+    meta["seconds_total"] = round(time.perf_counter() - t0, 3)
+    return meta
 
 def _delete_experts(con, expert_ids: Sequence[str]) -> None:
     """Remove experts with their embeddings and performance rows (inside a transaction)."""
@@ -564,18 +608,21 @@ def tail_features(tail: nn.Module, trunk: np.ndarray, device: torch.device) -> n
 
 def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device: str = "cpu",
                    max_train: int = MAX_TRAIN, max_test: int = MAX_TEST, progress: bool = True,
-                   probe: Probe | None = None) -> dict:
+                   probe: Probe | None = None, executor=None) -> dict:
     """Fill ``performance`` and ``feature_scores`` for every (expert, task) pair not yet there.
 
-    Trunk activations come from the cache (computed once per task); each expert's tail runs
-    once per distinct image of the tasks still to do; rows are committed every
-    ``COMMIT_EVERY`` tasks, so a killed run resumes where it stopped. The transfer scores
+    Two stages of units (``executor``, precompute.engine; this process by default): the trunk
+    activations of every task still to do, into the cache (:func:`trunk_unit`); then one unit
+    per expert and ``COMMIT_EVERY`` of its tasks (:func:`matrix_chunk`: the expert's tail runs
+    once per distinct image of the chunk), each committed in one transaction as it arrives,
+    so a killed run resumes where it stopped. The transfer scores
     (:mod:`precompute.transfer`) are computed on the task's train split: LogME, k-NN, H-score
     on the expert's features, LEEP and NCE on its source heads' predictions (NULL for an
     expert without heads). Returns timings.
     """
-    from tqdm.auto import tqdm
+    from .engine import LOCAL, Unit
 
+    executor = executor or LOCAL
     info, by_id, db_tasks = _library_state(con, specs)
     experts = [(r[0], json.loads(r[1])) for r in
                con.execute("SELECT expert_id, meta FROM experts ORDER BY expert_id").fetchall()]
@@ -597,60 +644,101 @@ def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device:
     timings = {"trunk_s": 0.0, "tail_s": {}, "fit_s": 0.0, "scores_s": {}, "pairs": 0}
     if not needed:
         return timings
-    probe = probe or create(info["probe"])
     # the experts' own cut; files whose experts predate the setting have 1-stage tails
     tail_stages = int((info.get("experts") or {}).get("tail_stages", 1))
-    ws = Workspace(cache, info, probe, device, max_train, max_test, tail_stages=tail_stages)
+    common = (str(cache), info, device, max_train, max_test, probe, tail_stages)
+    ws = workspace(*common[:5], probe=probe, tail_stages=tail_stages)
     t0 = time.perf_counter()
-    feats = {t: ws.task_features(by_id[t])
-             for t in tqdm(needed, desc="trunk features", unit="task", disable=not progress)}
+    for _ in executor.run(trunk_unit, [Unit(t, (by_id[t], *common)) for t in needed],
+                          desc="trunk features", unit="task", progress=progress):
+        pass
     ws.clear_memo()
     timings["trunk_s"] = time.perf_counter() - t0
-    for expert_id, meta in tqdm(experts, desc="experts", unit="expert", disable=not progress):
-        tasks = todo[expert_id]
-        if not tasks:
-            continue
-        tail = ws.load_tail(expert_id, meta)
-        heads = ws.load_heads(expert_id, meta)
-        # distinct images of the tasks to do: the tail runs once per image
-        index: dict[str, int] = {}
-        rows = []
-        for t in tasks:
-            for split in ("train", "test"):
-                for i, k in enumerate(feats[t].keys[split]):
-                    if k not in index:
-                        index[k] = len(rows)
-                        rows.append((t, split, i))
-        trunk = np.stack([feats[t].trunk[s][i] for t, s, i in rows])
-        t1 = time.perf_counter()
-        features = tail_features(tail, trunk, ws.device)
-        tail_s = time.perf_counter() - t1
-        timings["tail_s"][expert_id] = tail_s
-        per_image = tail_s / max(len(rows), 1)
-        del trunk
-        pending = []
-        bar = tqdm(tasks, desc=f"  {expert_id[-30:]}", unit="task", leave=False, disable=not progress)
-        for n, t in enumerate(bar):
-            f = feats[t]
-            x = {s: features[[index[k] for k in f.keys[s]]] for s in ("train", "test")}
-            t1 = time.perf_counter()
-            train_err, test_err = transfer.linear_probe(x["train"], f.labels["train"], x["test"],
-                                                        f.labels["test"], f.num_classes)
-            fit_s = time.perf_counter() - t1
-            scores = _transfer_scores(x["train"], f.labels["train"], heads)
-            for name, (_, sec) in scores.items():
-                timings["scores_s"][name] = timings["scores_s"].get(name, 0.0) + sec
-            n_images = len(f.keys["train"]) + len(f.keys["test"])
-            feature_s = n_images * (per_image + f.trunk_seconds_per_image)
-            timings["fit_s"] += fit_s
-            pending.append(((expert_id, t, test_err, train_err, feature_s + fit_s),
-                            (expert_id, t, feature_s,
-                             *(v for name in SCORES for v in scores[name]))))
-            if len(pending) >= COMMIT_EVERY or n == len(tasks) - 1:
-                _write_rows(con, pending)
-                timings["pairs"] += len(pending)
-                pending = []
+    units = [Unit(f"{expert_id} x {tasks[i]}..{tasks[min(i + COMMIT_EVERY, len(tasks)) - 1]}",
+                  (expert_id, meta, [by_id[t] for t in tasks[i:i + COMMIT_EVERY]], *common))
+             for expert_id, meta in experts if (tasks := todo[expert_id])
+             for i in range(0, len(tasks), COMMIT_EVERY)]
+    for unit, out in executor.run(matrix_chunk, units, desc="matrix", unit="chunk",
+                                  progress=progress):
+        _write_rows(con, out["rows"])
+        timings["pairs"] += len(out["rows"])
+        timings["fit_s"] += out["fit_s"]
+        timings["tail_s"][unit.args[0]] = timings["tail_s"].get(unit.args[0], 0.0) + out["tail_s"]
+        for name, sec in out["scores_s"].items():
+            timings["scores_s"][name] = timings["scores_s"].get(name, 0.0) + sec
+    _FEATURES.clear()
+    _FEATURE_SIZES.clear()
     return timings
+
+
+_FEATURES: dict = {}  # (workspace, task) -> TaskFeatures, this process's most recent ones
+_FEATURE_SIZES: dict = {}  # the same keys -> bytes of their trunk activations
+FEATURES_BYTES = 2 << 30
+
+
+def _task_features(ws: Workspace, spec: TaskSpec) -> TaskFeatures:
+    """The task's trunk features, kept in memory between units up to ``FEATURES_BYTES``."""
+    key = (str(ws.root), spec.task_id)
+    if key not in _FEATURES:
+        f = ws.task_features(spec)
+        size = sum(a.nbytes for a in f.trunk.values())
+        while _FEATURES and sum(_FEATURE_SIZES.values()) + size > FEATURES_BYTES:
+            _FEATURE_SIZES.pop(next(iter(_FEATURES)))
+            _FEATURES.pop(next(iter(_FEATURES)))  # the oldest first
+        _FEATURES[key], _FEATURE_SIZES[key] = f, size
+    return _FEATURES[key]
+
+
+def trunk_unit(spec: TaskSpec, cache: str, info: dict, device: str, max_train: int,
+               max_test: int, probe: Probe | None = None, tail_stages: int = 1) -> None:
+    """The matrix's first unit: one task's capped splits through the frozen trunk, into the
+    shared cache (nothing to do if they are there)."""
+    _task_features(workspace(cache, info, device, max_train, max_test, probe, tail_stages), spec)
+
+
+def matrix_chunk(expert_id: str, meta: dict, specs: Sequence[TaskSpec], cache: str, info: dict,
+                 device: str, max_train: int, max_test: int, probe: Probe | None = None,
+                 tail_stages: int = 1) -> dict:
+    """The matrix's unit: one expert on a few tasks -> their ``performance`` and
+    ``feature_scores`` rows, with the tail, classifier and transfer-score seconds."""
+    ws = workspace(cache, info, device, max_train, max_test, probe, tail_stages)
+    feats = {s.task_id: _task_features(ws, s) for s in specs}
+    tasks = [s.task_id for s in specs]
+    tail = ws.load_tail(expert_id, meta)
+    heads = ws.load_heads(expert_id, meta)
+    # distinct images of the tasks to do: the tail runs once per image
+    index: dict[str, int] = {}
+    rows = []
+    for t in tasks:
+        for split in ("train", "test"):
+            for i, k in enumerate(feats[t].keys[split]):
+                if k not in index:
+                    index[k] = len(rows)
+                    rows.append((t, split, i))
+    trunk = np.stack([feats[t].trunk[s][i] for t, s, i in rows])
+    t1 = time.perf_counter()
+    features = tail_features(tail, trunk, ws.device)
+    tail_s = time.perf_counter() - t1
+    per_image = tail_s / max(len(rows), 1)
+    del trunk
+    pending, fit_total, scores_s = [], 0.0, {}
+    for t in tasks:
+        f = feats[t]
+        x = {s: features[[index[k] for k in f.keys[s]]] for s in ("train", "test")}
+        t1 = time.perf_counter()
+        train_err, test_err = transfer.linear_probe(x["train"], f.labels["train"], x["test"],
+                                                    f.labels["test"], f.num_classes)
+        fit_s = time.perf_counter() - t1
+        scores = _transfer_scores(x["train"], f.labels["train"], heads)
+        for name, (_, sec) in scores.items():
+            scores_s[name] = scores_s.get(name, 0.0) + (sec or 0.0)
+        n_images = len(f.keys["train"]) + len(f.keys["test"])
+        feature_s = n_images * (per_image + f.trunk_seconds_per_image)
+        fit_total += fit_s
+        pending.append(((expert_id, t, test_err, train_err, feature_s + fit_s),
+                        (expert_id, t, feature_s,
+                         *(v for name in SCORES for v in scores[name]))))
+    return {"rows": pending, "tail_s": tail_s, "fit_s": fit_total, "scores_s": scores_s}
 
 
 # feature_scores columns: (score, its seconds) per transfer score, as store.expert_schema has them
