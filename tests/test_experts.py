@@ -651,15 +651,28 @@ def test_features_once_per_image_per_expert_and_resume(library, tmp_path, monkey
         keys |= set(f.keys["train"]) | set(f.keys["test"])
     total = sum(s.meta["num_images"] for s in specs)
     assert len(keys) == total - 2 * PER_CLASS
-    assert tail_rows == [len(keys), len(keys)]  # once per distinct image, per expert
+
+    ws = experts.Workspace(cache, store.get_info(con), experts.create("efficientnet_lite0"), "cpu")
+    task_keys = {s.task_id: {k for split in ("train", "test") for k in ws.task_features(s).keys[split]}
+                 for s in specs}
+
+    def distinct(tasks):  # distinct images of a chunk of tasks
+        return len(set().union(*(task_keys[t] for t in tasks)))
+
+    ids = sorted(task_keys)
+    chunks = [ids[i:i + 3] for i in range(0, 8, 3)]  # the matrix's units: COMMIT_EVERY tasks
+    # once per distinct image of each chunk, per expert; here the tasks that share images
+    # (digit 1, fashion 9) are in the same chunk, so expert 1's tail saw each image once
+    assert tail_rows == [distinct(c) for c in chunks] + [distinct(chunks[0])]
+    assert sum(tail_rows[:3]) == len(keys)
 
     tail_rows.clear()
     monkeypatch.setattr(transfer, "linear_probe", real_fit)
     experts.compute_matrix(con, specs, cache, progress=False)  # resume
     final = sorted(con.execute("SELECT expert_id, task_id, test_error FROM performance").fetchall())
     con.close()
-    # expert 2 redoes its 5 remaining tasks, expert 3 all 8: images of those tasks only
-    assert len(tail_rows) == 2 and tail_rows[1] == len(keys)
+    # expert 2 redoes its 5 remaining tasks (chunks 2 and 3), expert 3 all 8 (three chunks)
+    assert tail_rows == [distinct(c) for c in chunks[1:] + chunks]
     assert [r[:2] for r in final] == [r[:2] for r in reference]
     np.testing.assert_allclose([r[2] for r in final], [r[2] for r in reference], atol=1e-9)
 
