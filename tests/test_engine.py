@@ -115,7 +115,8 @@ def contents(db: Path, tables=None) -> dict:
                    "meta->>'images_per_source', meta->>'train_error_last_steps' FROM experts",
         "expert_embeddings": "SELECT * FROM expert_embeddings",
         "performance": "SELECT expert_id, task_id, test_error, train_error FROM performance",
-        "feature_scores": "SELECT expert_id, task_id, logme, knn_accuracy FROM feature_scores",
+        "feature_scores": "SELECT expert_id, task_id, logme, knn_accuracy, hscore, leep, nce "
+                          "FROM feature_scores",
     }
     try:
         return {k: con.execute(f"{v} ORDER BY ALL").fetchall() for k, v in q.items()
