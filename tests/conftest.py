@@ -47,6 +47,27 @@ def digits_task(digits) -> TaskData:
     return task_from_arrays(images[:300], labels[:300], input_size=SIDE, name="digits")
 
 
+def write_pair_manifest(root: Path, digits, digit_pairs, fashion_pairs, per_class: int) -> Path:
+    """A path,label,task,taxonomy manifest of digit-pair and fashion-pair tasks, one PNG per
+    image shared by every task that uses it (so shared images have identical pixels)."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["path,label,task,taxonomy"]
+    for family, (images, labels), pairs in (("digits", digits, digit_pairs),
+                                            ("fashion", fashion_test_images(2000), fashion_pairs)):
+        for a, b in pairs:
+            for c in (a, b):
+                for i in np.flatnonzero(labels == c)[:per_class]:
+                    path = root / f"{family}-{i}.png"
+                    if not path.exists():
+                        Image.fromarray(np.asarray(images[i], np.uint8)).save(path)
+                    lines.append(f"{path.name},{c},{family}-{a}-vs-{b},{family}/pair")
+    manifest = root / "library.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
 def constant_task(task: TaskData) -> TaskData:
     """Every image labelled the same: the task carries no information about the label."""
     return TaskData(name="constant", images=task.images,

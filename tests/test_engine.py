@@ -28,9 +28,8 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import fashion_test_images
+from conftest import write_pair_manifest
 from precompute import build, engine, experts, store
 from precompute.libraries.user import read_user_library
 
@@ -42,19 +41,7 @@ ROOT = Path(engine.__file__).resolve().parents[1]  # this checkout: workers impo
 
 def write_library(root: Path, digits) -> Path:
     """A path,label,task,taxonomy manifest of PNG files (the workers read the files)."""
-    root.mkdir(parents=True, exist_ok=True)
-    lines = ["path,label,task,taxonomy"]
-    for family, (images, labels) in (("digits", digits), ("fashion", fashion_test_images(2000))):
-        for a, b in PAIRS[family]:
-            for c in (a, b):
-                for i in np.flatnonzero(labels == c)[:PER_CLASS]:
-                    path = root / f"{family}-{i}.png"
-                    if not path.exists():
-                        Image.fromarray(np.asarray(images[i], np.uint8)).save(path)
-                    lines.append(f"{path.name},{c},{family}-{a}-vs-{b},{family}/pair")
-    manifest = root / "library.csv"
-    manifest.write_text("\n".join(lines) + "\n")
-    return manifest
+    return write_pair_manifest(root, digits, PAIRS["digits"], PAIRS["fashion"], PER_CLASS)
 
 
 def _free_port() -> int:

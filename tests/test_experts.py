@@ -13,9 +13,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import expect_error, fashion_test_images
+from conftest import expect_error, write_pair_manifest
 from precompute import build, experts, selection, selectors, store, transfer
 from precompute.errors import Task2VecError
 from precompute.libraries import TaskSpec
@@ -34,22 +33,8 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def write_manifest(root: Path, digits) -> Path:
-    """Digit-pair and fashion-pair tasks; each image is one file, shared by every task that uses
-    it (digit 1 is in two tasks), so shared images have identical pixels."""
-    root.mkdir(parents=True, exist_ok=True)
-    lines = ["path,label,task,taxonomy"]
-    for family, (images, labels), pairs in (("digits", digits, DIGIT_PAIRS),
-                                            ("fashion", fashion_test_images(2000), FASHION_PAIRS)):
-        for a, b in pairs:
-            for c in (a, b):
-                for i in np.flatnonzero(labels == c)[:PER_CLASS]:
-                    path = root / f"{family}-{i}.png"
-                    if not path.exists():
-                        Image.fromarray(np.asarray(images[i], np.uint8)).save(path)
-                    lines.append(f"{path.name},{c},{family}-{a}-vs-{b},{family}/pair")
-    manifest = root / "library.csv"
-    manifest.write_text("\n".join(lines) + "\n")
-    return manifest
+    """Digit-pair and fashion-pair tasks (digit 1 is in two tasks, so images are shared)."""
+    return write_pair_manifest(root, digits, DIGIT_PAIRS, FASHION_PAIRS, PER_CLASS)
 
 
 @pytest.fixture(scope="module")
