@@ -313,19 +313,28 @@ class Workspace:
         tail = copy.deepcopy(self.tail_template)
         if meta.get("weights_file"):
             path = self.root / "weights" / meta["weights_file"]
-            if not path.is_file():
-                raise Task2VecError(f"weights of expert {expert_id} are missing ({path}); run "
-                                    "python -m precompute experts again with the same --cache")
-            if _sha256(path) != meta["weights_sha256"]:
-                raise Task2VecError(f"weights file {path} does not match the library (sha256); "
-                                    "run python -m precompute experts again to retrain it")
+            state = self._load_checked(path, meta["weights_sha256"], "weights", expert_id)
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
                 tail.load_state_dict(state, strict=True)
             except Exception as exc:
                 raise Task2VecError(f"cannot read expert weights {path}: "
                                     f"{str(exc).splitlines()[0]}") from None
         return tail.to(self.device).eval().requires_grad_(False)
+
+    @staticmethod
+    def _load_checked(path: Path, sha256: str, what: str, expert_id: str) -> dict:
+        """A saved state dict of an expert, after checking it is there and is the recorded one."""
+        if not path.is_file():
+            raise Task2VecError(f"{what} of expert {expert_id} are missing ({path}); run "
+                                "python -m precompute experts again with the same --cache")
+        if _sha256(path) != sha256:
+            raise Task2VecError(f"{what} file {path} does not match the library (sha256); "
+                                "run python -m precompute experts again to retrain it")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise Task2VecError(f"cannot read {what} {path}: "
+                                f"{str(exc).splitlines()[0]}") from None
 
     def load_heads(self, expert_id: str, meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The expert's source heads (weight [Z, D], bias [Z], offsets [H + 1]) for LEEP and NCE:
@@ -341,14 +350,8 @@ class Workspace:
         if not meta.get("heads_file"):
             return None
         path = self.root / "weights" / meta["heads_file"]
-        if not path.is_file():
-            raise Task2VecError(f"source heads of expert {expert_id} are missing ({path}); run "
-                                "python -m precompute experts again with the same --cache")
-        if _sha256(path) != meta["heads_sha256"]:
-            raise Task2VecError(f"source heads file {path} does not match the library (sha256); "
-                                "run python -m precompute experts again to retrain it")
+        state = self._load_checked(path, meta["heads_sha256"], "source heads", expert_id)
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
             return (state["weight"].numpy(), state["bias"].numpy(), state["offsets"].numpy())
         except Exception as exc:
             raise Task2VecError(f"cannot read source heads {path}: "
