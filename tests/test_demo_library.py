@@ -95,7 +95,8 @@ def test_added_test_images_leave_the_training_images_as_they_were(task_id, monke
     if task_id.startswith("digits/"):  # the added test images are none of the task's own
         seen = {r.image.tobytes() for r in train}
         test = [r.image.tobytes() in seen for r in records if r.split == "test"]
-        assert sum(test) <= 0.01 * len(test)  # drawn from the whole pool: ~40 %
+        # drawn from the whole pool instead, about 84 of its 356 images (24 %) would be
+        assert sum(test) <= 0.01 * len(test)
 
 
 def test_sizes_follow_the_seed_but_keep_the_distribution():
