@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch import nn
 from precompute.errors import Task2VecError
 from precompute.probes import Probe
 from precompute.tasks import TaskData, task_from_arrays
+from precompute.task2vec import embed_methods
 
 SIDE = 32  # small input keeps the CPU suite fast; the probes accept any size >= 32
 
@@ -99,6 +101,36 @@ def expect_error(call, *phrases: str) -> str:
     for phrase in phrases:
         assert phrase in message, message
     return message
+
+
+# ---------------------------------------------------------------------- embeddings computed once
+
+_EMBEDDINGS: dict = {}
+
+
+def remembered_embed_methods(task: TaskData, probe, **settings) -> dict:
+    """``embed_methods``, computed for real the first time a task (its pixels, labels and
+    classes) is embedded with given settings in this test session, then handed out again.
+
+    For tests of what a stage does *around* the embedding (resume, crashes at chosen commits,
+    publishing, a grown library): they would otherwise embed the same tasks a dozen times. The
+    embedding itself is tested elsewhere (test_task2vec, the real SIGKILL trials of test_faults,
+    which embed in a subprocess)."""
+    digest = hashlib.sha256(task.images.numpy().tobytes())
+    digest.update(task.labels.numpy().tobytes())
+    key = (digest.hexdigest(), tuple(task.classes), getattr(probe, "name", probe),
+           repr(sorted(settings.items())))
+    if key not in _EMBEDDINGS:
+        _EMBEDDINGS[key] = embed_methods(task, probe, **settings)
+    return dict(_EMBEDDINGS[key])
+
+
+@pytest.fixture
+def remembered_embeddings(monkeypatch):
+    """The build embeds through :func:`remembered_embed_methods` during this test."""
+    from precompute import build
+
+    monkeypatch.setattr(build, "embed_methods", remembered_embed_methods)
 
 
 # --------------------------------------------------------------------------- explorer (app) fixtures

@@ -1,4 +1,9 @@
-"""The precompute pipeline: DuckDB contents, resume after a crash, atomic publish."""
+"""The precompute pipeline: DuckDB contents, resume after a crash, atomic publish.
+
+The reference library is embedded for real; the tests of resuming, growing and publishing
+reuse its embeddings (conftest.remembered_embed_methods): what they test is the build around
+the embedding, and every number they compare still comes from a real embedding.
+"""
 import duckdb
 import numpy as np
 import pytest
@@ -6,6 +11,8 @@ import pytest
 from precompute import build, store
 from precompute.errors import Task2VecError
 from precompute.libraries import Record, TaskSpec
+
+from conftest import remembered_embed_methods
 
 SIDE = 32
 
@@ -45,8 +52,10 @@ def read_all(db) -> dict:
 @pytest.fixture(scope="module")
 def reference(digits, tmp_path_factory):
     db = tmp_path_factory.mktemp("ref") / "lib.duckdb"
-    build.build_library(digit_specs(digits), db, library="digits", input_size=SIDE,
-                        maps=("tsne",), progress=False)
+    with pytest.MonkeyPatch.context() as m:  # embedded for real, and remembered
+        m.setattr(build, "embed_methods", remembered_embed_methods)
+        build.build_library(digit_specs(digits), db, library="digits", input_size=SIDE,
+                            maps=("tsne",), progress=False)
     return read_all(db)
 
 
@@ -91,7 +100,8 @@ def test_bfloat16_storage_round_trip():
     assert back[5] == 1.0 and back[6] == 1 + 4 * 2**-8  # ties round to even mantissa
 
 
-def test_killed_build_resumes_to_the_same_result(digits, tmp_path, monkeypatch, reference):
+def test_killed_build_resumes_to_the_same_result(digits, tmp_path, monkeypatch, reference,
+                                                remembered_embeddings):
     db = tmp_path / "lib.duckdb"
     real = build.embed_methods
     calls = {"n": 0}
@@ -119,8 +129,8 @@ def test_killed_build_resumes_to_the_same_result(digits, tmp_path, monkeypatch, 
     assert not (tmp_path / "lib.duckdb.building").exists()
 
 
-def test_a_library_that_grew_embeds_only_its_new_tasks_and_keeps_the_rest(digits, tmp_path,
-                                                                          reference):
+def test_a_library_that_grew_embeds_only_its_new_tasks_and_keeps_the_rest(
+        digits, tmp_path, reference, remembered_embeddings):
     db = tmp_path / "lib.duckdb"
     build.build_library(digit_specs(digits, n_tasks=4), db, library="digits", input_size=SIDE,
                         maps=("tsne",), progress=False)
@@ -147,10 +157,10 @@ def test_a_library_that_grew_embeds_only_its_new_tasks_and_keeps_the_rest(digits
     con.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.duckdb"]
     # other settings: a fresh build replaces the file
-    build.build_library(digit_specs(digits, n_tasks=2), db, library="digits", input_size=48,
+    build.build_library(digit_specs(digits, n_tasks=1), db, library="digits", input_size=48,
                         maps=(), progress=False)
     fresh = read_all(db)
-    assert fresh["runs"] == [(2,)] and len(fresh["tasks"]) == 2
+    assert fresh["runs"] == [(1,)] and len(fresh["tasks"]) == 1
 
 
 def test_resume_with_other_settings_is_refused(digits, tmp_path, monkeypatch):
@@ -164,7 +174,7 @@ def test_resume_with_other_settings_is_refused(digits, tmp_path, monkeypatch):
                             progress=False)
 
 
-def test_stages_update_a_copy_and_publish_it_atomically(digits, tmp_path):
+def test_stages_update_a_copy_and_publish_it_atomically(digits, tmp_path, remembered_embeddings):
     db = tmp_path / "lib.duckdb"
     build.build_library(digit_specs(digits, n_tasks=2), db, library="digits", input_size=SIDE,
                         maps=(), progress=False)
