@@ -235,7 +235,10 @@ def distance_heatmap(dist: pd.DataFrame, tasks: pd.DataFrame, level: int, *, tit
         if n <= 600 else None,
         hovertemplate=("%{customdata[0]} - %{customdata[1]}<br>distance %{z:.3f}<extra></extra>"
                        if n <= 600 else "distance %{z:.3f}<extra></extra>"),
-        colorbar=dict(title=dict(text="distance", side="right"), thickness=16, len=0.75, y=0.4)),
+        # beside the matrix, under the branch legend (which stands at the top right): a legend
+        # above the figure wraps into the title once a level has more than a few branches
+        colorbar=dict(title=dict(text="distance", side="right"), thickness=16, len=0.28,
+                      lenmode="fraction", x=1.02, xanchor="left", y=0, yanchor="bottom")),
         row=3, col=1)
     show_labels = n <= max_labels
     fig.update_xaxes(visible=False, row=1, col=1)
@@ -249,9 +252,10 @@ def distance_heatmap(dist: pd.DataFrame, tasks: pd.DataFrame, level: int, *, tit
                      ticktext=names if show_labels else None, tickfont=dict(size=12),
                      autorange="reversed", showgrid=False, ticks="", row=3, col=1)
     fig.update_layout(template=TEMPLATE, title=title, height=900,
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0.02,
-                                  xanchor="left", title=dict(text=f"level {level + 1}: ")),
-                      margin=dict(t=110))
+                      legend=dict(orientation="v", x=1.02, xanchor="left", y=1.0, yanchor="top",
+                                  font=dict(size=13), tracegroupgap=0,
+                                  title=dict(text=f"level {level + 1}", font=dict(size=14))),
+                      margin=dict(t=80))
     return fig
 
 
