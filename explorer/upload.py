@@ -34,6 +34,46 @@ NEIGHBOURS = 5  # tasks averaged to place an upload on a map
 MAX_FILES = 20_000
 
 
+EXAMPLE_NAME = "Fashion-MNIST footwear (example)"
+EXAMPLE_CLASSES = ("Sandal", "Sneaker", "Ankle boot")
+EXAMPLE_PER_CLASS = 60
+FASHION_TEST_START = 60_000  # Fashion-MNIST's test split: images 60,000 to 69,999 of the pool
+
+
+def example_upload(per_class: int = EXAMPLE_PER_CLASS, seed: int = 0,
+                   root: str | Path | None = None) -> list[tuple[str, bytes]]:
+    """A ready upload for a first look without a dataset of one's own: one .zip of class
+    folders holding ``per_class`` PNG images each of three footwear classes, drawn with a seeded
+    generator from Fashion-MNIST's test split (the Debian package the project installs).
+
+    The demo library's Fashion-MNIST tasks draw from all 70,000 images, so the example can share
+    images with them: it shows the flow (and lands among the footwear tasks), it is not a
+    held-out evaluation. ``root``: where Fashion-MNIST is (default: the Debian package's folder).
+    """
+    import zipfile
+
+    from PIL import Image
+
+    from precompute.libraries.demo import FASHION_CLASSES, fashion_mnist_pool
+
+    from precompute.libraries.demo import FASHION_MNIST_DIR
+
+    images, by_class = fashion_mnist_pool(root or FASHION_MNIST_DIR)
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in EXAMPLE_CLASSES:
+            ids = by_class[FASHION_CLASSES.index(name)]
+            ids = ids[ids >= FASHION_TEST_START]
+            for i in np.sort(rng.choice(ids, per_class, replace=False)):
+                png = io.BytesIO()
+                Image.fromarray(images[i]).save(png, format="PNG")
+                # a fixed time stamp: the same archive, byte for byte, on every click
+                entry = zipfile.ZipInfo(f"{safe_name(name)}/{i}.png", date_time=(2017, 8, 25, 0, 0, 0))
+                zf.writestr(entry, png.getvalue(), zipfile.ZIP_DEFLATED)
+    return [("fashion-mnist-footwear.zip", buf.getvalue())]
+
+
 def safe_name(name: str) -> str:
     """The file's base name, reduced to safe characters; refuses hidden or empty names."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name.replace("\\", "/")).name)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 import json
 import os
 import shutil
@@ -22,7 +23,8 @@ from scipy.stats import spearmanr
 from streamlit.proto.WidgetStates_pb2 import WidgetState
 from streamlit.testing.v1 import AppTest
 
-from conftest import APP_DIGIT_PAIRS, APP_FASHION_PAIRS, APP_SELECTION, app_expert_errors
+from conftest import (APP_DIGIT_PAIRS, APP_FASHION_PAIRS, APP_SELECTION, app_expert_errors,
+                      expect_error)
 from explorer import figures, state
 from explorer import upload as up
 from precompute import analysis, distances, store
@@ -548,6 +550,33 @@ def zip_of_class_folders(images, labels, classes) -> bytes:
                 Image.fromarray(img).save(png, format="PNG")
                 zf.writestr(f"task/{lab}/{k}.png", png.getvalue())
     return buf.getvalue()
+
+
+def test_the_example_upload_is_three_footwear_classes_from_the_test_split(app_library, tmp_path):
+    """The one-click example: 3 x 60 Fashion-MNIST test-split images, the same on every click,
+    embedded like any upload; its nearest library tasks are the footwear pairs."""
+    import zipfile
+
+    from explorer import store as estore
+
+    files = up.example_upload()
+    time.sleep(2.1)  # zip entries carry a time stamp (2 s resolution): not this one's
+    assert up.example_upload() == files  # seeded: the same bytes every time
+    (name, data), = files
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    folders = {n.split("/")[0] for n in names}
+    assert folders == {"Sandal", "Sneaker", "Ankle_boot"} and len(names) == 3 * up.EXAMPLE_PER_CLASS
+    assert all(int(n.split("/")[1][:-4]) >= up.FASHION_TEST_START for n in names)
+    lib = estore.open_library(app_library)
+    result = up.process(lib, files, tmp_path, "efficientnet_lite0", up.EXAMPLE_NAME)
+    assert result["size"] == 180 and result["classes"] == ["Ankle_boot", "Sandal", "Sneaker"]
+    # the library's footwear tasks (5 vs 7: sandal vs sneaker, 7 vs 9: sneaker vs ankle boot)
+    assert set(result["nearest"].index[:2]) == {"fashion/5-vs-7", "fashion/7-vs-9"}
+
+
+def test_the_example_upload_names_the_package_when_fashion_mnist_is_missing(tmp_path):
+    expect_error(lambda: up.example_upload(root=tmp_path), "Fashion-MNIST not found", str(tmp_path),
+                 "dataset-fashion-mnist")
 
 
 def test_upload_is_placed_among_its_nearest_tasks(app_library, digits, tmp_path):

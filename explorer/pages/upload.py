@@ -46,48 +46,64 @@ st.caption(f"Embedded with the library's settings: probe **{lib.info.get('probe'
 st.markdown("Upload **one .zip** with one folder of images per class, or **images together "
             "with a .csv** that has `path,label` columns (paths are matched by file name).")
 
+
+def run_upload(files: list[tuple[str, bytes]], name: str) -> None:
+    """Embed and place ``files`` (name, bytes) with progress; the result goes into the session,
+    an error in the upload is shown as one message."""
+    folder = Path(tempfile.mkdtemp(prefix="task2vec-upload-"))
+    bar = st.progress(0.0, text="Embedding")
+    stages = {"features": (0.0, 0.3), "head": (0.3, 0.4), "fisher": (0.4, 1.0),
+              "variational": (0.4, 1.0)}
+    try:
+        with st.status("Working on the upload ...", expanded=True) as status:
+            def progress(stage: str, fraction: float) -> None:
+                lo, hi = stages.get(stage, (0.0, 1.0))
+                bar.progress(min(lo + (hi - lo) * fraction, 1.0), text=f"Embedding: {stage}")
+
+            def waiting(ahead: int) -> None:
+                status.update(label=f"Waiting: {ahead} upload(s) ahead of yours", state="running")
+
+            with job_queue().slot(on_wait=waiting) as queued:
+                if queued["max_ahead"]:
+                    status.update(label="Working on the upload ...")
+                    status.write(f"Waited {queued['waited']:.1f} s behind "
+                                 f"{queued['max_ahead']} upload(s)")
+                result = up.process(lib, files, folder,
+                                    probe_network(lib.info.get("probe", "efficientnet_lite0")),
+                                    name, on_stage=status.write, progress=progress)
+            result["queue"] = dict(queued)
+            status.update(label=f"Done in {result['seconds']['total']:.1f} s"
+                          + _waited(result, " (", ")"), state="complete")
+        bar.empty()
+        st.session_state["upload"] = result
+    except Task2VecError as exc:
+        bar.empty()
+        st.error(str(exc))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 with st.form("upload_form", clear_on_submit=False):
     files = st.file_uploader("Task files", accept_multiple_files=True, key="upload_files",
                              type=["zip", "csv", *sorted(e.lstrip(".") for e in up.IMAGE_EXTENSIONS)])
     name = st.text_input("Task name", value="my task", key="upload_name")
     submitted = st.form_submit_button("Embed and place", type="primary")
+example = st.button(f"No dataset at hand? Try an example: {len(up.EXAMPLE_CLASSES)} footwear "
+                    f"classes, {up.EXAMPLE_PER_CLASS} images each, from Fashion-MNIST's test "
+                    "split", key="upload_example", icon=":material/play_arrow:")
 
 if submitted:
     if not files:
         st.error("Choose a .zip of class folders, or images with a labels .csv, first.")
     else:
-        folder = Path(tempfile.mkdtemp(prefix="task2vec-upload-"))
-        bar = st.progress(0.0, text="Embedding")
-        stages = {"features": (0.0, 0.3), "head": (0.3, 0.4), "fisher": (0.4, 1.0),
-                  "variational": (0.4, 1.0)}
-        try:
-            with st.status("Working on the upload ...", expanded=True) as status:
-                def progress(stage: str, fraction: float) -> None:
-                    lo, hi = stages.get(stage, (0.0, 1.0))
-                    bar.progress(min(lo + (hi - lo) * fraction, 1.0), text=f"Embedding: {stage}")
-
-                def waiting(ahead: int) -> None:
-                    status.update(label=f"Waiting: {ahead} upload(s) ahead of yours", state="running")
-
-                with job_queue().slot(on_wait=waiting) as queued:
-                    if queued["max_ahead"]:
-                        status.update(label="Working on the upload ...")
-                        status.write(f"Waited {queued['waited']:.1f} s behind "
-                                     f"{queued['max_ahead']} upload(s)")
-                    result = up.process(lib, [(f.name, f.getvalue()) for f in files], folder,
-                                        probe_network(lib.info.get("probe", "efficientnet_lite0")),
-                                        name.strip() or "my task", on_stage=status.write,
-                                        progress=progress)
-                result["queue"] = dict(queued)
-                status.update(label=f"Done in {result['seconds']['total']:.1f} s"
-                              + _waited(result, " (", ")"), state="complete")
-            bar.empty()
-            st.session_state["upload"] = result
-        except Task2VecError as exc:
-            bar.empty()
-            st.error(str(exc))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        run_upload([(f.name, f.getvalue()) for f in files], name.strip() or "my task")
+elif example:
+    try:
+        example_files = up.example_upload()
+    except Task2VecError as exc:
+        st.error(str(exc))
+    else:
+        run_upload(example_files, up.EXAMPLE_NAME)
 
 result = st.session_state.get("upload")
 if result and result.get("library") != lib.path:

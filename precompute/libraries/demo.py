@@ -50,6 +50,8 @@ __all__ = [
     "skipped_scripts",
     "render_glyph",
     "script_genealogy",
+    "fashion_mnist_pool",
+    "FASHION_CLASSES",
     "FASHION_MNIST_DIR",
     "FONT_DIRS",
 ]
@@ -486,6 +488,17 @@ def _fashion_pool(root: str) -> tuple[np.ndarray, list[np.ndarray]]:
         raise Task2VecError(f"Fashion-MNIST in {root} is not the 70,000-image release")
     images.setflags(write=False)  # records share these arrays
     return images, by_class
+
+
+def fashion_mnist_pool(root: str | Path = FASHION_MNIST_DIR) -> tuple[np.ndarray, list[np.ndarray]]:
+    """All 70,000 Fashion-MNIST images (uint8 ``[70000, 28, 28]``: the 60,000 training images,
+    then the 10,000 test images; read-only) and the image ids of each class; a clear error
+    naming the Debian package when the files are missing."""
+    missing = [f for f in _FASHION_FILES.values() if not (Path(root) / f).is_file()]
+    if missing:
+        raise Task2VecError(f"Fashion-MNIST not found: {root} lacks {', '.join(missing)}; "
+                            "install the Debian package dataset-fashion-mnist (make setup)")
+    return _fashion_pool(str(root))
 
 
 def _fashion_records(task: PoolTask, n: int, seed: int, task_id: str, scale: float,

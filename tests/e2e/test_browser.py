@@ -166,6 +166,19 @@ def test_upload_a_small_dataset_and_see_its_neighbours(app_page, server, digits,
     shot(page, "05-upload")
 
 
+def test_a_first_upload_in_one_click_with_the_example(app_page, server):
+    """A new user without a dataset: one click embeds the ready example and shows the result."""
+    page = app_page
+    page.goto(f"{server}/upload")
+    page.get_by_role("button", name=re.compile("Try an example")).click()
+    expect(page.get_by_text("Nearest library tasks")).to_be_visible(timeout=SLOW)
+    expect(page.get_by_text("Fashion-MNIST footwear (example): 180 images, 3 classes")).to_be_visible()
+    table = page.locator('[data-testid="stTable"]').first
+    expect(table.locator("tbody tr").first).to_contain_text(re.compile(r"fashion (5 vs 7|7 vs 9)"))
+    expect(charts(page).first.locator(".scatterlayer .point")).to_have_count(N_TASKS + 5 + 1)
+    shot(page, "06-upload-example")
+
+
 def test_export_a_figure_as_png_and_svg(app_page, server):
     page = app_page
     open_map(app_page, server)
