@@ -245,11 +245,18 @@ def _layout(dist: np.ndarray, algorithm: str, seed: int) -> tuple[np.ndarray, di
                   "metric": "precomputed", "random_state": seed, "max_iter": 1000}
         xy = TSNE(n_components=2, **params).fit_transform(dist)
     elif algorithm == "umap":
+        import warnings
+
         import umap
 
         params = {"n_neighbors": int(min(15, n - 1)), "min_dist": 0.1,
                   "metric": "precomputed", "random_state": seed}
-        xy = umap.UMAP(n_components=2, **params).fit_transform(dist)
+        with warnings.catch_warnings():
+            # umap-learn's notes on what was asked for (no inverse_transform with a precomputed
+            # metric; one thread with a seed), printed on every build: not warnings here
+            warnings.filterwarnings("ignore", message="using precomputed metric", module="umap")
+            warnings.filterwarnings("ignore", message="n_jobs value", module="umap")
+            xy = umap.UMAP(n_components=2, **params).fit_transform(dist)
     else:
         raise Task2VecError(f"unknown map algorithm {algorithm!r}; use tsne or umap")
     return np.asarray(xy, dtype=np.float64), {"algorithm": algorithm, **params}

@@ -305,12 +305,16 @@ SHIPPED = Path(__file__).resolve().parents[1] / "data" / "demo.duckdb"
 
 def test_shipped_library_pages_show_its_real_matrix_and_table1():
     """data/demo.duckdb, the file `make app` opens: its experts, matrix and Table 1."""
+    from precompute import store as pstore
+
     con = duckdb.connect(str(SHIPPED), read_only=True)
     try:
+        method = pstore.task_method(pstore.get_info(con))
         results = con.execute("SELECT selector, relative_error_increase, top1 FROM selection_results "
                               "ORDER BY relative_error_increase").fetchall()
         best = dict(con.execute("SELECT task_id, min(test_error) FROM performance GROUP BY 1").fetchall())
-        norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method = 'montecarlo'").fetchall())
+        norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method = ?",
+                                 [method]).fetchall())
         n_experts = con.execute("SELECT count(*) FROM experts").fetchone()[0]
     finally:
         con.close()
@@ -329,15 +333,28 @@ def test_shipped_library_pages_show_its_real_matrix_and_table1():
     assert len(table(at, "test error (%)")) == min(n_experts, 10)
 
 
-def test_a_library_built_with_sampled_labels_says_so_and_uploads_use_its_method():
-    """data/demo.duckdb was built with the paper's montecarlo estimator, before the Rademacher
-    default: it opens as before, names its estimator, and an upload into it is embedded with
-    montecarlo, so that its distances to the library's tasks stay comparable."""
+def test_a_library_built_with_sampled_labels_says_so_and_uploads_use_its_method(app_library,
+                                                                              tmp_path):
+    """A file built with the paper's montecarlo estimator (as data/demo.duckdb was before the
+    Rademacher default) opens as before, names its estimator, and an upload into it is embedded
+    with montecarlo, so that its distances to the library's tasks stay comparable. The file is
+    the test library with its Fisher method renamed: what is tested is what the app reads."""
+    import json
+    import shutil
+
     from explorer import store as lib_store, upload
 
-    at = open_app(SHIPPED)
+    db = tmp_path / "montecarlo.duckdb"
+    shutil.copy(app_library, db)
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE embeddings SET method = 'montecarlo' WHERE method = 'rademacher'")
+    con.execute("UPDATE library_info SET value = ? WHERE key = 'methods'",
+                [json.dumps(["montecarlo", "domain"])])
+    con.close()
+    at = open_app(db)
     assert "montecarlo Fisher embedding" in at.caption[0].value
-    assert upload.embed_methods_for(lib_store.open_library(SHIPPED)) == ("montecarlo", "domain")
+    assert upload.embed_methods_for(lib_store.open_library(db)) == ("montecarlo", "domain")
+    assert upload.embed_methods_for(lib_store.open_library(app_library)) == ("rademacher", "domain")
 
 
 @pytest.mark.parametrize("page", ["difficulty", "selection", "card"])

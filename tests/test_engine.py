@@ -4,7 +4,9 @@ One local Ray instance with 2 CPUs serves the module (loopback only; its dashboa
 127.0.0.1, serves the state API the fault test uses to find a worker). A small real library
 (6 tasks: 3 digit pairs and 3 Fashion-MNIST pairs, 20 images per class, 32 px, files on disk)
 is built, its experts trained and its matrix filled once in this process with the local
-executor and once with the Ray executor; the files must be equal, bit for bit.
+executor and once with the Ray executor; the files must be equal, bit for bit. Faults: a
+worker killed mid-unit (retried), the driver killed mid-build (resumed by the same command), a
+unit failing on bad input (one line, exit 2).
 
 Ray runs one unit per CPU with one torch thread each, so the local reference runs with one
 torch thread too: on CPU the Fisher's reductions round differently with 2 threads (about
@@ -209,6 +211,50 @@ def test_a_worker_killed_mid_build_is_retried_and_the_library_is_the_same(librar
         assert con.execute("SELECT tasks_embedded FROM runs").fetchall() == [(6,)]
     finally:
         con.close()
+
+
+def test_the_driver_killed_mid_build_on_ray_resumes_to_the_same_library(library, local, cluster,
+                                                                        tmp_path):
+    """SIGKILL the driver (the CLI, the only writer) once Ray has finished some of its units:
+    the work file keeps what was committed, and the same command embeds only the rest."""
+    from ray.util.state import list_tasks
+
+    def finished() -> int:
+        return len(list_tasks(filters=[("state", "=", "FINISHED"), ("name", "=", "embed_task")],
+                              limit=10_000))
+
+    db = tmp_path / "lib.duckdb"
+    work = db.with_name(db.name + ".building")
+    args = ("build", str(library["manifest"]), "--db", str(db), "--input-size", str(SIDE),
+            "--maps", "tsne", "--quiet", "--engine", "ray", "--ray-address", cluster)
+    before = finished()
+    proc = subprocess.Popen([sys.executable, "-m", "precompute", *args], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while finished() - before < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # the driver commits each result as it arrives
+    assert proc.poll() is None, "the build ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not db.exists() and work.exists()
+    con = duckdb.connect(str(work), read_only=True)
+    committed = con.execute("SELECT count(*) FROM tasks").fetchone()[0]
+    con.close()
+    assert 1 <= committed < 6, committed
+
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    result = contents(db, BUILD_TABLES)
+    for table in BUILD_TABLES:
+        assert result[table] == local[table], table
+    con = duckdb.connect(str(db), read_only=True)
+    try:  # the killed run logged nothing; the resumed one embedded only the rest
+        assert con.execute("SELECT tasks_embedded FROM runs").fetchall() == [(6 - committed,)]
+    finally:
+        con.close()
+    assert not work.exists()
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
