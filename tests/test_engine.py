@@ -63,14 +63,29 @@ def cluster():
     import ray
 
     temp = tempfile.mkdtemp(prefix="t2v-test-ray-")  # short: Ray's socket paths
-    ctx = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-                   dashboard_port=_free_port(), _temp_dir=temp, log_to_driver=False,
-                   configure_logging=True, logging_level=logging.ERROR)
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=port, _temp_dir=temp, log_to_driver=False,
+             configure_logging=True, logging_level=logging.ERROR)
+    ctx = ray.get_runtime_context()
+    STATE_API["address"] = f"http://127.0.0.1:{port}"
     try:
-        yield ctx.address_info["gcs_address"]
+        yield ctx.gcs_address
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+STATE_API: dict = {}  # the module cluster's dashboard, which serves Ray's state API
+
+
+def ray_tasks(**filters) -> list:
+    """The module cluster's Ray tasks with these field values (its own state API: another Ray
+    instance on the machine, such as a user's, is not asked)."""
+    from ray.util.state import list_tasks
+
+    return list_tasks(address=STATE_API["address"], limit=10_000,
+                      filters=[(k, "=", v) for k, v in filters.items()])
 
 
 def stages(specs, manifest, db: Path, cache: Path, executor, threads: int | None = None) -> None:
@@ -135,8 +150,6 @@ def local(library):
 
 
 def test_ray_equals_local_for_build_experts_and_matrix(library, local, cluster):
-    from ray.util.state import list_tasks
-
     db = library["root"] / "ray.duckdb"
     ex = engine.RayExecutor(cluster, progress=False)
     try:
@@ -154,7 +167,7 @@ def test_ray_equals_local_for_build_experts_and_matrix(library, local, cluster):
     # (task events reach the state API within a second or so)
     deadline = time.monotonic() + 20
     while True:
-        names = [t.name for t in list_tasks(filters=[("state", "=", "FINISHED")], limit=10_000)]
+        names = [t.name for t in ray_tasks(state="FINISHED")]
         counts = [names.count(n) for n in ("embed_task", "train_one", "trunk_unit", "matrix_chunk")]
         if counts == [6, 3, 6, 3] or time.monotonic() > deadline:
             break
@@ -174,15 +187,13 @@ def _alive(pid: int) -> bool:
 
 def test_a_worker_killed_mid_build_is_retried_and_the_library_is_the_same(library, local, cluster):
     """A thread finds a running unit through Ray's state API and SIGKILLs its worker."""
-    from ray.util.state import list_tasks
-
     db = library["root"] / "killed.duckdb"
     killed: list[int] = []
     stop = threading.Event()
 
     def killer():
         while not stop.is_set() and not killed:
-            running = list_tasks(filters=[("state", "=", "RUNNING"), ("name", "=", "embed_task")])
+            running = ray_tasks(state="RUNNING", name="embed_task")
             if running and running[0].worker_pid:
                 os.kill(running[0].worker_pid, signal.SIGKILL)
                 killed.append(running[0].worker_pid)
@@ -200,8 +211,7 @@ def test_a_worker_killed_mid_build_is_retried_and_the_library_is_the_same(librar
         ex.close()
     assert killed, "no running unit was found to kill"
     assert not _alive(killed[0])  # that worker is gone
-    attempts = [t.attempt_number for t in list_tasks(filters=[("name", "=", "embed_task")],
-                                                     limit=10_000)]
+    attempts = [t.attempt_number for t in ray_tasks(name="embed_task")]
     assert max(attempts) >= 1  # Ray ran the killed unit again
     result = contents(db, BUILD_TABLES)
     for table in BUILD_TABLES:
@@ -217,11 +227,8 @@ def test_the_driver_killed_mid_build_on_ray_resumes_to_the_same_library(library,
                                                                         tmp_path):
     """SIGKILL the driver (the CLI, the only writer) once Ray has finished some of its units:
     the work file keeps what was committed, and the same command embeds only the rest."""
-    from ray.util.state import list_tasks
-
     def finished() -> int:
-        return len(list_tasks(filters=[("state", "=", "FINISHED"), ("name", "=", "embed_task")],
-                              limit=10_000))
+        return len(ray_tasks(state="FINISHED", name="embed_task"))
 
     db = tmp_path / "lib.duckdb"
     work = db.with_name(db.name + ".building")
