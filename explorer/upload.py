@@ -54,9 +54,7 @@ def example_upload(per_class: int = EXAMPLE_PER_CLASS, seed: int = 0,
 
     from PIL import Image
 
-    from precompute.libraries.demo import FASHION_CLASSES, fashion_mnist_pool
-
-    from precompute.libraries.demo import FASHION_MNIST_DIR
+    from precompute.libraries.demo import FASHION_CLASSES, FASHION_MNIST_DIR, fashion_mnist_pool
 
     images, by_class = fashion_mnist_pool(root or FASHION_MNIST_DIR)
     rng = np.random.default_rng(seed)
@@ -69,7 +67,8 @@ def example_upload(per_class: int = EXAMPLE_PER_CLASS, seed: int = 0,
                 png = io.BytesIO()
                 Image.fromarray(images[i]).save(png, format="PNG")
                 # a fixed time stamp: the same archive, byte for byte, on every click
-                entry = zipfile.ZipInfo(f"{safe_name(name)}/{i}.png", date_time=(2017, 8, 25, 0, 0, 0))
+                entry = zipfile.ZipInfo(f"{safe_name(name)}/{i}.png",
+                                        date_time=(2017, 8, 25, 0, 0, 0))
                 zf.writestr(entry, png.getvalue(), zipfile.ZIP_DEFLATED)
     return [("fashion-mnist-footwear.zip", buf.getvalue())]
 

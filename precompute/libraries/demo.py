@@ -120,11 +120,8 @@ def read_demo_library(
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale <= 100):
         raise Task2VecError(f"scale must be a number in (0, 100], got {scale!r}")
     fashion_dir = Path(fashion_mnist_dir)
-    missing = [f for f in _FASHION_FILES.values() if not (fashion_dir / f).is_file()]
-    if missing and "fashion_mnist" in families:
-        raise Task2VecError(
-            f"Fashion-MNIST not found: {fashion_dir} lacks {', '.join(missing)}; "
-            "install the Debian package dataset-fashion-mnist (make setup)")
+    if "fashion_mnist" in families:
+        _check_fashion_files(fashion_dir)
     scripts, _ = _glyph_inventory(seed, _font_dirs_key(font_dirs))
     if not scripts and "glyphs" in families:
         raise Task2VecError(
@@ -494,11 +491,15 @@ def fashion_mnist_pool(root: str | Path = FASHION_MNIST_DIR) -> tuple[np.ndarray
     """All 70,000 Fashion-MNIST images (uint8 ``[70000, 28, 28]``: the 60,000 training images,
     then the 10,000 test images; read-only) and the image ids of each class; a clear error
     naming the Debian package when the files are missing."""
-    missing = [f for f in _FASHION_FILES.values() if not (Path(root) / f).is_file()]
+    _check_fashion_files(Path(root))
+    return _fashion_pool(str(root))
+
+
+def _check_fashion_files(root: Path) -> None:
+    missing = [f for f in _FASHION_FILES.values() if not (root / f).is_file()]
     if missing:
         raise Task2VecError(f"Fashion-MNIST not found: {root} lacks {', '.join(missing)}; "
                             "install the Debian package dataset-fashion-mnist (make setup)")
-    return _fashion_pool(str(root))
 
 
 def _fashion_records(task: PoolTask, n: int, seed: int, task_id: str, scale: float,
