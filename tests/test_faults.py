@@ -1,14 +1,16 @@
 """Crashes and failing disks during a build: nothing is lost, nothing half-written is published.
 
-One build runs as the real CLI in a subprocess and is killed with SIGKILL mid-way, and one
-rebuild runs in a subprocess while the file is read; the other crashes are injected in-process
-at chosen points (after k task commits, inside a task's transaction, while writing the maps,
-just before the publishing rename), which covers every stage deterministically. Each crashed
-build is run again and must equal an uninterrupted one. The in-process builds embed each task
-once for real and then reuse it (conftest.remembered_embed_methods): the crash points are in the
-writing, not in the embedding.
+The reference is the CLI's build run in this process. One build runs as the real CLI in a
+subprocess and is killed with SIGKILL mid-way (then finished by a second process, which also
+checks that a subprocess embeds as this process does), and one rebuild runs in a subprocess
+while the file is read; the other crashes are injected in-process at chosen points (after k
+task commits, inside a task's transaction, while writing the maps, just before the publishing
+rename), which covers every stage deterministically. Each crashed build is run again and must
+equal the uninterrupted one. The in-process builds embed each task once for real and then
+reuse it (conftest.remembered_embed_methods): the crash points are in the writing, not in the
+embedding.
 """
-import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,10 +28,11 @@ from precompute import __main__ as cli
 from precompute import build, store
 from precompute.errors import Task2VecError
 
+from conftest import remembered_embed_methods
 from test_build import digit_specs, read_all
 
 pytestmark = pytest.mark.slow
-KILL_AT = (0.6,)  # real SIGKILL trials, as fractions of an uninterrupted build
+KILL_AFTER = 2  # the real SIGKILL trial: tasks done (of 5) when the build is killed
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +49,9 @@ def library(digits, tmp_path_factory):
     return root
 
 
-def command(library, db, seed: int = 0) -> list[str]:
+def command(library, db, seed: int = 0, quiet: bool = True) -> list[str]:
     return [sys.executable, "-m", "precompute", "build", str(library), "--db", str(db),
-            "--input-size", "32", "--maps", "tsne", "--seed", str(seed), "--quiet"]
+            "--input-size", "32", "--maps", "tsne", "--seed", str(seed), *(["--quiet"] * quiet)]
 
 
 def comparable(db) -> dict:
@@ -62,32 +65,36 @@ def comparable(db) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(library, tmp_path_factory):
+    """The reference: the CLI's build run in this process, every task embedded for real (and
+    remembered for the in-process crash tests)."""
     db = tmp_path_factory.mktemp("ref") / "lib.duckdb"
-    start = time.perf_counter()
-    subprocess.run(command(library, db), check=True, timeout=600)
-    return comparable(db), time.perf_counter() - start, db
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(build, "embed_methods", remembered_embed_methods)
+        assert cli.main(command(library, db)[3:]) == 0
+    return comparable(db), db
 
 
 def test_sigkill_mid_build_resumes_to_the_same_library(library, uninterrupted, tmp_path):
-    reference, seconds, _ = uninterrupted
-    outcomes = []
-    for trial, fraction in enumerate(KILL_AT):
-        db = tmp_path / f"trial{trial}.duckdb"
-        proc = subprocess.Popen(command(library, db))
-        try:
-            proc.wait(timeout=fraction * seconds)
-        except subprocess.TimeoutExpired:
+    """The CLI in a subprocess, SIGKILLed once its progress bar shows KILL_AFTER of the 5
+    tasks done; the same command then finishes, embedding the rest in a new process."""
+    reference, _ = uninterrupted
+    db = tmp_path / "lib.duckdb"
+    proc = subprocess.Popen(command(library, db, quiet=False), stderr=subprocess.PIPE)
+    seen = b""
+    while proc.poll() is None:
+        seen += proc.stderr.read1(4096)
+        done = [int(n) for n in re.findall(rb"embedding tasks:.*?\| *(\d+)/5", seen)]
+        if done and max(done) >= KILL_AFTER:
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        # never a partial file at the published path: absent, or the finished library
-        if db.exists():
-            assert comparable(db) == reference
-        outcomes.append((proc.returncode, db.with_name(db.name + ".building").exists()))
-        subprocess.run(command(library, db), check=True, timeout=600)
-        assert comparable(db) == reference, f"trial {trial}"
-        assert not db.with_name(db.name + ".building").exists()
-    # the kills really interrupted builds with work in progress
-    assert any(rc == -signal.SIGKILL and building for rc, building in outcomes), outcomes
+            break
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, seen.decode(errors="replace")[-500:]
+    assert not db.exists()  # never a partial file at the published path
+    assert db.with_name(db.name + ".building").exists()  # the work so far is kept
+    subprocess.run(command(library, db), check=True, timeout=600)
+    assert comparable(db) == reference
+    assert not db.with_name(db.name + ".building").exists()
 
 
 class Killed(BaseException):
@@ -131,7 +138,7 @@ CRASHES = {  # name -> replacements in precompute.store while the crashing build
 @pytest.mark.parametrize("crash", list(CRASHES))
 def test_a_crash_at_any_stage_resumes_to_the_same_library(crash, library, uninterrupted, tmp_path,
                                                           monkeypatch, remembered_embeddings):
-    reference, _, _ = uninterrupted
+    reference, _ = uninterrupted
     db = tmp_path / "lib.duckdb"
     argv = command(library, db)[3:]  # the CLI's arguments, run in this process
     with monkeypatch.context() as m:
@@ -148,7 +155,7 @@ def test_a_crash_at_any_stage_resumes_to_the_same_library(crash, library, uninte
 
 
 def test_reading_the_library_during_a_rebuild_keeps_working(library, uninterrupted, tmp_path):
-    reference, _, built = uninterrupted
+    reference, built = uninterrupted
     db = tmp_path / "lib.duckdb"
     shutil.copyfile(built, db)
     counts, errors, stop = [], [], threading.Event()
