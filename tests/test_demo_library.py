@@ -190,22 +190,18 @@ def test_whole_pool_tasks_share_one_image_distribution_and_differ_in_labels():
     assert "fashion_mnist/all-images/tops/tshirt" not in related
 
 
-def test_adding_the_whole_pool_tasks_kept_every_other_task_as_it_was():
-    """They, and the emoji family, were added after data/demo.duckdb was first built, and the
-    test splits grew after it (MIN_TEST): the other tasks keep their training sizes, except
-    digits tasks that gave up training images to leave their test split room."""
-    specs = read_demo_library(seed=0)
-    later = ("fashion_mnist/all-images/", "emoji/")
-    rest = {s.task_id: s for s in specs if not s.task_id.startswith(later)}
+def test_the_shipped_library_holds_every_demo_task_as_the_reader_deals_it():
+    """data/demo.duckdb was built from read_demo_library(seed=0) as it is now: the same tasks,
+    with the training and test sizes the reader gives them."""
+    specs = {s.task_id: s for s in read_demo_library(seed=0)}
     con = duckdb.connect(str(ROOT / "data" / "demo.duckdb"), read_only=True)
     try:
-        built = dict(con.execute("SELECT task_id, num_train FROM tasks").fetchall())
+        built = {t: (n, m) for t, n, m in
+                 con.execute("SELECT task_id, num_train, num_test FROM tasks").fetchall()}
     finally:
         con.close()
-    built = {t: n for t, n in built.items() if not t.startswith(later)}
-    assert set(built) == set(rest)
-    changed = {t for t, n in built.items() if n != rest[t].meta["num_train"]}
-    assert all(t.startswith("digits/") and rest[t].meta["num_train"] < built[t] for t in changed)
+    assert set(built) == set(specs)
+    assert all(built[t] == (s.meta["num_train"], s.meta["num_test"]) for t, s in specs.items())
 
 
 def test_glyph_images_are_not_blank_and_differ_between_characters(tiny):

@@ -276,13 +276,13 @@ def test_a_score_missing_for_some_pair_makes_its_selector_unavailable(evaluated,
     assert "no leep scores (the matrix was computed before leep existed" in data.unavailable["leep"]
 
 
-def test_the_shipped_library_loads_without_the_new_scores():
-    """data/demo.duckdb predates H-score, LEEP and NCE: they are skipped, the rest load."""
+def test_the_shipped_library_has_every_transfer_score():
+    """data/demo.duckdb's matrix was filled with every transfer score: nothing is skipped."""
     db = Path(__file__).resolve().parents[1] / "data" / "demo.duckdb"
     con = duckdb.connect(str(db), read_only=True)
     try:
         data = selection.load_selection_data(con)
     finally:
         con.close()
-    assert set(data.unavailable) <= set(NEW_SCORES)
-    assert {"logme", "knn"} <= set(data.transfer) and "chance" in data.selectors
+    assert data.unavailable == {}
+    assert {"logme", "knn", *NEW_SCORES} <= set(data.transfer) and "chance" in data.selectors
