@@ -205,6 +205,7 @@ class RayExecutor:
             raise Task2VecError(f"cannot connect to the Ray cluster at {address or 'auto'}: "
                                 f"{reason}; start it with ray start --head, or use "
                                 "--ray-address local") from None
+        self._errors_to_file()
         resources = ray.cluster_resources()
         if device == "cuda":
             gpus = resources.get("GPU", 0.0)
@@ -271,9 +272,33 @@ class RayExecutor:
         if failure is not None:
             raise failure
 
+    def _errors_to_file(self) -> None:
+        """Ray's driver prints the cluster's error messages (e.g. "A worker died or was killed
+        while executing a task") to stdout, from a thread it always starts. Here they go to
+        ``ray-errors.log`` in the run's Ray logs instead: a unit whose worker died is retried,
+        and a unit that fails is reported by :meth:`run` in one line. (Ray is pinned; this
+        replaces its ``print_to_stdstream`` until :meth:`close`.)"""
+        import ray._private.worker as ray_worker
+
+        node = getattr(ray_worker, "_global_node", None)
+        folder = self.logs or (Path(node.get_logs_dir_path()) if node is not None else None)
+        self._printer = ray_worker.print_to_stdstream
+
+        def to_file(data: dict, ignore_prefix: bool = False) -> None:
+            if folder is not None and folder.is_dir():
+                with open(folder / "ray-errors.log", "a") as fh:
+                    fh.write("".join(f"{line}\n" for line in data.get("lines", ())))
+
+        ray_worker.print_to_stdstream = to_file
+
     def close(self, keep_logs: bool = False) -> None:
         """Disconnect; shut the local instance down if this run started it. Its logs are
         removed unless ``keep_logs`` (a run that crashed keeps them in ``self.logs``)."""
+        printer = getattr(self, "_printer", None)
+        if printer is not None:
+            import ray._private.worker as ray_worker
+
+            ray_worker.print_to_stdstream = printer
         if self._connected_here and self._ray.is_initialized():
             self._ray.shutdown()
         if not keep_logs:

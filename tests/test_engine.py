@@ -185,8 +185,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_worker_killed_mid_build_is_retried_and_the_library_is_the_same(library, local, cluster):
-    """A thread finds a running unit through Ray's state API and SIGKILLs its worker."""
+def test_a_worker_killed_mid_build_is_retried_and_the_library_is_the_same(library, local, cluster,
+                                                                         capfd):
+    """A thread finds a running unit through Ray's state API and SIGKILLs its worker. Ray's
+    message about the dead worker goes to the run's Ray logs, not the terminal."""
+    import ray._private.worker as ray_worker
+
     db = library["root"] / "killed.duckdb"
     killed: list[int] = []
     stop = threading.Event()
@@ -211,6 +215,12 @@ def test_a_worker_killed_mid_build_is_retried_and_the_library_is_the_same(librar
         ex.close()
     assert killed, "no running unit was found to kill"
     assert not _alive(killed[0])  # that worker is gone
+    errors = Path(ray_worker._global_node.get_logs_dir_path()) / "ray-errors.log"
+    deadline = time.monotonic() + 20  # Ray publishes the message from its own thread
+    while not (errors.is_file() and "died" in errors.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "died" in errors.read_text()
+    assert "died" not in capfd.readouterr().out
     attempts = [t.attempt_number for t in ray_tasks(name="embed_task")]
     assert max(attempts) >= 1  # Ray ran the killed unit again
     result = contents(db, BUILD_TABLES)

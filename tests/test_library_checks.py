@@ -1,9 +1,9 @@
 """The embedding means something (paper section 4.1), checked on a small demo library built here.
 
-The library is a slice of the offline demo library built by the real pipeline: 16 writing
+The library is a slice of the offline demo library built by the real pipeline: 12 writing
 systems from four branches of the script genealogy, Fashion-MNIST attribute tasks of two
 attribute groups (footwear, garment shape), and the footwear and other-item tasks of the
-whole-pool branch (every task's images drawn evenly from all ten classes): 40 tasks.
+whole-pool branch (every task's images drawn evenly from all ten classes): 36 tasks.
 docs/RESULTS.md has the same checks on the full library.
 """
 import duckdb
@@ -13,9 +13,9 @@ import pytest
 from precompute import analysis, build, store
 from precompute.libraries.demo import read_demo_library
 
-SCRIPTS = ("greek", "latin", "cyrillic", "coptic", "gothic", "old-italic",  # Greek-derived
-           "hebrew", "arabic", "syriac", "imperial-aramaic",  # Aramaic-derived
-           "devanagari", "bengali", "gujarati", "gurmukhi",  # North Brahmic
+SCRIPTS = ("greek", "latin", "cyrillic", "coptic",  # Greek-derived
+           "hebrew", "arabic", "syriac",  # Aramaic-derived
+           "devanagari", "bengali", "gujarati",  # North Brahmic
            "thai", "lao")  # South-East Asian Brahmic
 FASHION_GROUPS = ("footwear", "garment-shape")
 WHOLE_POOL_GROUPS = ("all-images/footwear", "all-images/other")
@@ -45,13 +45,13 @@ def test_glyph_distances_follow_the_script_genealogy(checks):
     assert t["tasks"] == len(SCRIPTS)
     lo, hi = t["interval"]
     assert lo < t["spearman"] < hi
-    # Over all 120 pairs the correlation is weak (rademacher at 32 px: 0.143, sampled labels
-    # 0.09; the domain embedding's is stronger, 0.35, docs/RESULTS.md), but positive
+    # Over all 66 pairs the correlation is weak but positive (rademacher at 32 px: 0.302,
+    # interval [-0.23, 0.69]; the domain embedding 0.324; with 16 scripts it was 0.143)
     assert t["spearman"] > 0.05
     c = t["curve"]
     # Fig. 2 centre: the nearest tasks are taxonomically closer than a random task (measured
-    # 3.85 against 5.98 for k <= 3, sampled labels 4.6; random embeddings give chance), and no
-    # closer than the taxonomy itself allows
+    # 4.03 against 6.30 for k <= 3; random embeddings give chance), and no closer than the
+    # taxonomy itself allows
     assert c["embedding"][:3].mean() < c["chance"][0] - 1.5
     assert np.all(c["embedding"] >= c["taxonomy"] - 1e-9)
 
@@ -90,7 +90,7 @@ def test_a_task_embedded_again_with_another_seed_keeps_its_nearest_library_tasks
     probe = create("efficientnet_lite0")
     by_id = {s.task_id: s for s in specs}
     kept = []
-    for i in np.linspace(0, len(view.ids) - 1, 8).round().astype(int):
+    for i in np.linspace(0, len(view.ids) - 1, 6).round().astype(int):
         spec = by_id[view.ids[i]]
         train = task_data(spec.task_id, list(spec.records()), "train", 32)
         again = embed_methods(train, probe, methods=("rademacher",), input_size=32,

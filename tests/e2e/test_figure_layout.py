@@ -71,7 +71,8 @@ def page_figures(db) -> list[tuple[str, go.Figure, str, int]]:
             family_colors=colors, upload=(x, y, "my upload")), "half", 560))
     dist = store.distance_matrix(lib)
     depth = lib.taxonomy_depth
-    for level in sorted({0, min(1, depth - 1), depth - 1}):  # the page's default is level 2
+    # the page's default (level 2) and the deepest level (the most branches in the legend)
+    for level in sorted({min(1, depth - 1), depth - 1}):
         out.append((f"heatmap level {level + 1}", figures.distance_heatmap(
             dist, tasks, level, family_colors=colors, title="Task distances, clustered: all tasks"),
             "three-fifths", 900))
