@@ -698,7 +698,7 @@ def test_experts_no_longer_planned_are_dropped_and_the_rest_kept(library, tmp_pa
 # command line
 
 
-def test_cli_experts_matrix_evaluate_and_bad_input(library, tmp_path):
+def test_cli_experts_matrix_evaluate_and_bad_input(library, tmp_path, capsys):
     import shutil
 
     db = tmp_path / "lib.duckdb"
@@ -715,28 +715,37 @@ def test_cli_experts_matrix_evaluate_and_bad_input(library, tmp_path):
     manifest = str(library["manifest"])
     cache = str(tmp_path / "cache")
 
-    # bad input: one line, exit 2, nothing written
-    proc = cli("evaluate", "--db", str(tmp_path / "missing.duckdb"), cwd=tmp_path)
-    assert proc.returncode == 2 and "no such library file" in proc.stderr
-    proc = cli("evaluate", "--db", str(db), "--quiet", cwd=tmp_path)
-    assert proc.returncode == 2 and "no experts" in proc.stderr, proc.stderr
-    proc = cli("matrix", manifest, "--db", str(db), "--cache", cache, "--quiet", cwd=tmp_path)
-    assert proc.returncode == 2 and "run python -m precompute experts first" in proc.stderr
-    proc = cli("experts", "demo", "--db", str(db), "--cache", cache, "--quiet", cwd=tmp_path)
-    assert proc.returncode == 2 and "was built from library" in proc.stderr
+    # bad input: one line, exit 2, nothing written (the CLI's main in this process: the real
+    # entry point runs below)
+    from precompute.__main__ import main
+
+    def bad(*args: str) -> str:
+        capsys.readouterr()
+        assert main(list(args)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        return err
+
+    assert "no such library file" in bad("evaluate", "--db", str(tmp_path / "missing.duckdb"))
+    assert "no experts" in bad("evaluate", "--db", str(db), "--quiet")
+    assert "run python -m precompute experts first" in bad("matrix", manifest, "--db", str(db),
+                                                           "--cache", cache, "--quiet")
+    assert "was built from library" in bad("experts", "demo", "--db", str(db), "--cache", cache,
+                                           "--quiet")
 
     proc = cli("experts", manifest, "--db", str(db), "--cache", cache, "--experts", "2",
                "--sources", "2", "--steps", "10", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "expert/digits" in proc.stdout and "3 experts" in proc.stdout
-    proc = cli("experts", manifest, "--db", str(db), "--cache", cache, "--experts", "2",
-               "--sources", "2", "--steps", "20", "--quiet", cwd=tmp_path)
-    assert proc.returncode == 2 and "other settings (steps)" in proc.stderr
+    assert "other settings (steps)" in bad("experts", manifest, "--db", str(db), "--cache", cache,
+                                           "--experts", "2", "--sources", "2", "--steps", "20",
+                                           "--quiet")
     proc = cli("matrix", manifest, "--db", str(db), "--cache", cache, "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "24 expert-task pairs" in proc.stdout
-    proc = cli("matrix", manifest, "--db", str(db), "--cache", cache, "--quiet", cwd=tmp_path)
-    assert proc.returncode == 0 and "(0 this run" in proc.stdout  # resumed: nothing left
+    capsys.readouterr()
+    assert main(["matrix", manifest, "--db", str(db), "--cache", cache, "--quiet"]) == 0
+    assert "(0 this run" in capsys.readouterr().out  # resumed: nothing left
     proc = cli("evaluate", "--db", str(db), "--seeds", "2", "--folds", "2", "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for phrase in ("optimal error", "model2vec", "logme", "static_prior", "Spearman rho"):
