@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import fashion_test_images  # noqa: E402
+from conftest import write_pair_manifest  # noqa: E402
 from precompute import build, engine, experts, store, transfer  # noqa: E402
 from precompute.libraries.user import read_user_library  # noqa: E402
 
@@ -42,22 +41,10 @@ PAPER = {"tasks": 1460, "experts": 156, "pairs": 228_000}
 
 
 def write_library(root: Path, tasks: int, per_class: int) -> Path:
+    """``tasks`` digit pairs and ``tasks`` Fashion-MNIST pairs of ``per_class`` images a class."""
     d = load_digits()
     digits = ((d.images / 16 * 255).astype(np.uint8), d.target)
-    root.mkdir(parents=True, exist_ok=True)
-    lines = ["path,label,task,taxonomy"]
-    for family, (images, labels), pairs in (("digits", digits, DIGIT_PAIRS),
-                                            ("fashion", fashion_test_images(4000), FASHION_PAIRS)):
-        for a, b in pairs[:tasks]:
-            for c in (a, b):
-                for i in np.flatnonzero(labels == c)[:per_class]:
-                    path = root / f"{family}-{i}.png"
-                    if not path.exists():
-                        Image.fromarray(np.asarray(images[i], np.uint8)).save(path)
-                    lines.append(f"{path.name},{c},{family}-{a}-vs-{b},{family}/pair")
-    manifest = root / "library.csv"
-    manifest.write_text("\n".join(lines) + "\n")
-    return manifest
+    return write_pair_manifest(root, digits, DIGIT_PAIRS[:tasks], FASHION_PAIRS[:tasks], per_class)
 
 
 def run_stages(specs, manifest: Path, work: Path, executor, steps: int) -> dict:
