@@ -271,6 +271,21 @@ def rank_experts(lib: store.Library, embedding) -> dict:
                                                     "held-out weighted τ"])}
 
 
+def expert_table(experts: pd.DataFrame, top: int = 10) -> pd.DataFrame:
+    """The ranked experts as the page shows them: the first ``top``, and every model the user
+    added (``add-expert``, kind ``user``) wherever it ranks, marked as theirs; an expert the
+    selector cannot rank shows why instead of a score."""
+    yours = experts["kind"].eq("user") if "kind" in experts else pd.Series(False, experts.index)
+    shown = experts[(experts.index < top) | yours]
+    out = pd.DataFrame({"rank": shown["rank"].astype("object").where(shown["rank"].notna(), "–"),
+                        "expert_id": shown["expert_id"], "name": shown["name"],
+                        "yours": np.where(yours[shown.index], "your model", ""),
+                        "score": shown["score"].round(4)})
+    if "note" in shown and shown["note"].astype(bool).any():
+        out["note"] = shown["note"]
+    return out.set_index("rank")
+
+
 def results_table(nearest: pd.DataFrame, experts: pd.DataFrame | None,
                   selector: str | None = None) -> bytes:
     """The upload's results as CSV: nearest tasks, then ranked experts (by ``selector``)."""

@@ -92,6 +92,29 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true")
     _engine_options(m)
 
+    u = sub.add_parser("add-expert", help="add your own pretrained model(s) to a built library "
+                       "as experts (then run matrix)")
+    u.add_argument("--db", required=True, help="library file made by build")
+    u.add_argument("--name", help="the expert's name (it becomes user/NAME)")
+    u.add_argument("--arch", help="torchvision architecture by name, e.g. resnet18, "
+                   "mobilenet_v3_small (or a probe: efficientnet_lite0)")
+    u.add_argument("--weights", help="state-dict file (torch.save(model.state_dict(), FILE)); "
+                   "read with weights_only=True, never unpickled")
+    u.add_argument("--trained-on", help="the task it was trained on: a task id of the library, or "
+                   "a task folder, zip or CSV (embedded here); without it TASK2VEC cannot rank it")
+    u.add_argument("--input-size", type=int, help="image side the model sees (default: the "
+                   "library's input size)")
+    u.add_argument("--manifest", help="instead of --name/--arch/--weights: a CSV with a header "
+                   "name,arch,weights[,trained_on][,input_size], one model a line")
+    u.add_argument("--cache", default="cache", help="where the weights are copied (give matrix "
+                   "the same --cache)")
+    u.add_argument("--quiet", action="store_true")
+
+    r = sub.add_parser("remove-expert", help="remove models added with add-expert")
+    r.add_argument("--db", required=True)
+    r.add_argument("--name", required=True, action="append",
+                   help="NAME or user/NAME (repeat for several)")
+
     v = sub.add_parser("evaluate", help="model selection: Table 1 of the paper for this library")
     v.add_argument("--db", required=True)
     v.add_argument("--seeds", type=int, default=5, help="seeds of the task split")
@@ -223,7 +246,8 @@ def _experts(args: argparse.Namespace) -> int:
         rows = con.execute("SELECT expert_id, meta->>'seconds', meta->>'images' FROM experts "
                            "ORDER BY expert_id").fetchall()
     for expert_id, seconds, images in rows:
-        print(f"{expert_id:<60} {images:>6} images {float(seconds):8.2f} s")
+        if seconds is not None:  # a user's model was not trained here
+            print(f"{expert_id:<60} {images:>6} images {float(seconds):8.2f} s")
     print(f"{len(plans)} experts in {args.db}")
     return 0
 
@@ -244,6 +268,52 @@ def _matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_expert(args: argparse.Namespace) -> int:
+    from . import store, user_models
+
+    if args.manifest:
+        if args.name or args.arch or args.weights or args.trained_on:
+            raise Task2VecError("give either --manifest or --name/--arch/--weights, not both")
+        entries = user_models.read_manifest(args.manifest)
+    else:
+        missing = [f"--{o}" for o in ("name", "arch", "weights") if not getattr(args, o)]
+        if missing:
+            raise Task2VecError(f"add-expert needs {', '.join(missing)} (or --manifest FILE)")
+        entries = [user_models.Entry(args.name, args.arch, args.weights, args.trained_on,
+                                     args.input_size)]
+    # everything is checked on a read-only connection before the file is touched
+    con = store.open_library(args.db, read_only=True)
+    try:
+        prepared = user_models.prepare(con, entries, progress=not args.quiet)
+    finally:
+        con.close()
+    with store.updating(args.db) as con:
+        user_models.write(con, prepared, args.cache)
+    for p in prepared:
+        m = p.meta
+        print(f"added {p.expert_id}: {m['arch']}, {m['feature_dim']} features at "
+              f"{m['input_size']} px, " + ("trained on " + (p.source_tasks[0] if p.source_tasks
+                                                           else m["trained_on"]["path"])
+                                          if m["task_known"] else "training task unknown"))
+    print(f"next: python -m precompute matrix LIBRARY --db {args.db} --cache {args.cache} "
+          "fills its column; then evaluate")
+    return 0
+
+
+def _remove_expert(args: argparse.Namespace) -> int:
+    from . import store, user_models
+
+    con = store.open_library(args.db, read_only=True)
+    try:  # checked before the file is copied
+        user_models.removable(con, args.name)
+    finally:
+        con.close()
+    with store.updating(args.db) as con:
+        ids = user_models.remove(con, args.name)
+    print(f"removed {', '.join(ids)} from {args.db}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from . import store
     from .selection import evaluate, table1
@@ -258,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"embed": _embed, "build": _build, "analyse": _analyse, "experts": _experts,
-                "matrix": _matrix, "evaluate": _evaluate}[args.command](args)
+                "matrix": _matrix, "evaluate": _evaluate, "add-expert": _add_expert,
+                "remove-expert": _remove_expert}[args.command](args)
     except Task2VecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

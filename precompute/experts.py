@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import store, transfer
+from . import store, transfer, user_models
 from .errors import Task2VecError
 from .libraries import TaskSpec, task_data
 from .probes import Probe, create
@@ -183,6 +183,25 @@ def stratified_cap(labels: np.ndarray, cap: int, rng: np.random.Generator) -> np
 # the trunk cache: per task, the capped train/test images' keys, labels and trunk activations
 
 
+def capped_splits(spec: TaskSpec, seed: int, max_train: int, max_test: int,
+                  input_size: int) -> dict[str, tuple[torch.Tensor, np.ndarray, int]]:
+    """The task's train and test splits capped at ``max_train`` / ``max_test`` images
+    (stratified by class, seeded by (library seed, task)): split -> (uint8 images
+    ``[N, 3, S, S]`` at ``input_size``, int64 labels, number of classes). The same images at
+    any ``input_size``: the selection depends on the labels and the seed alone."""
+    records = list(spec.records())
+    rng = np.random.default_rng([seed, zlib.crc32(spec.task_id.encode()), 7])
+    out = {}
+    for split, cap in (("train", max_train), ("test", max_test)):
+        if not any(r.split == split for r in records):
+            raise Task2VecError(f"task {spec.task_id} has no {split} images")
+        data = task_data(spec.task_id, records, split, input_size)
+        keep = stratified_cap(data.labels.numpy(), cap, rng)
+        out[split] = (data.images[torch.from_numpy(keep)],
+                      data.labels.numpy()[keep].astype(np.int64), data.num_classes)
+    return out
+
+
 @dataclass
 class TaskFeatures:
     """A task's capped splits as trunk activations (float16) with image keys and labels."""
@@ -246,17 +265,11 @@ class Workspace:
                                         meta["trunk_seconds_per_image"])
             except (OSError, KeyError, ValueError):
                 path.unlink(missing_ok=True)  # a damaged cache file is recomputed
-        records = list(spec.records())
-        rng = np.random.default_rng([self.seed, zlib.crc32(spec.task_id.encode()), 7])
         out = TaskFeatures(spec.task_id, 0, {}, {}, {})
         seconds, computed = 0.0, 0
-        for split, cap in (("train", self.max_train), ("test", self.max_test)):
-            if not any(r.split == split for r in records):
-                raise Task2VecError(f"task {spec.task_id} has no {split} images")
-            data = task_data(spec.task_id, records, split, self.input_size)
-            out.num_classes = data.num_classes
-            keep = stratified_cap(data.labels.numpy(), cap, rng)
-            images = data.images[torch.from_numpy(keep)]
+        for split, (images, labels, num_classes) in capped_splits(
+                spec, self.seed, self.max_train, self.max_test, self.input_size).items():
+            out.num_classes = num_classes
             keys = image_keys(images)
             todo = [i for i, k in enumerate(keys) if k not in self._trunk_memo]
             t0 = time.perf_counter()
@@ -267,7 +280,7 @@ class Workspace:
             seconds += time.perf_counter() - t0
             computed += len(todo)
             out.keys[split] = keys
-            out.labels[split] = data.labels.numpy()[keep].astype(np.int64)
+            out.labels[split] = labels
             out.trunk[split] = np.stack([self._trunk_memo[k] for k in keys])
         out.trunk_seconds_per_image = seconds / computed if computed else 0.0
         meta = {"num_classes": out.num_classes, "trunk_seconds_per_image": out.trunk_seconds_per_image,
@@ -519,7 +532,9 @@ def build_experts(con, specs: Sequence[TaskSpec], cache: str | Path, *,
     trivial = con.execute("SELECT any_value(trivial_level) FROM embeddings "
                           "WHERE method = ?", [method]).fetchone()[0]
     store.set_info(con, experts={**settings, "cache": str(ws.root)})
-    stale = sorted(set(done) - {p.expert_id for p in plans})
+    # a user's models (add-expert) are not the plan's to drop
+    stale = sorted(e for e in set(done) - {p.expert_id for p in plans}
+                   if not user_models.is_user(done[e]))
     if stale:  # the library grew and the plan changed: the file's experts are the plan's
         with store.transaction(con):
             _delete_experts(con, stale)
@@ -643,10 +658,11 @@ def compute_matrix(con, specs: Sequence[TaskSpec], cache: str | Path, *, device:
                                 "one hard label per head (NCE)", "versions": _versions()})
     done = set(con.execute("SELECT expert_id, task_id FROM performance").fetchall())
     todo = {e: [t for t in db_tasks if (e, t) not in done] for e, _ in experts}
-    needed = sorted({t for ts in todo.values() for t in ts})
     timings = {"trunk_s": 0.0, "tail_s": {}, "fit_s": 0.0, "scores_s": {}, "pairs": 0}
-    if not needed:
+    if not any(todo.values()):
         return timings
+    # the trunk activations the probe's experts need (a user model reads the images itself)
+    needed = sorted({t for e, meta in experts if not user_models.is_user(meta) for t in todo[e]})
     # the experts' own cut; files whose experts predate the setting have 1-stage tails
     tail_stages = int((info.get("experts") or {}).get("tail_stages", 1))
     common = (str(cache), info, device, max_train, max_test, probe, tail_stages)
@@ -705,25 +721,13 @@ def matrix_chunk(expert_id: str, meta: dict, specs: Sequence[TaskSpec], cache: s
     """The matrix's unit: one expert on a few tasks -> their ``performance`` and
     ``feature_scores`` rows, with the tail, classifier and transfer-score seconds."""
     ws = workspace(cache, info, device, max_train, max_test, probe, tail_stages)
-    feats = {s.task_id: _task_features(ws, s) for s in specs}
     tasks = [s.task_id for s in specs]
-    tail = ws.load_tail(expert_id, meta)
-    heads = ws.load_heads(expert_id, meta)
-    # distinct images of the tasks to do: the tail runs once per image
-    index: dict[str, int] = {}
-    rows = []
-    for t in tasks:
-        for split in ("train", "test"):
-            for i, k in enumerate(feats[t].keys[split]):
-                if k not in index:
-                    index[k] = len(rows)
-                    rows.append((t, split, i))
-    trunk = np.stack([feats[t].trunk[s][i] for t, s, i in rows])
-    t1 = time.perf_counter()
-    features = tail_features(tail, trunk, ws.device)
-    tail_s = time.perf_counter() - t1
-    per_image = tail_s / max(len(rows), 1)
-    del trunk
+    if user_models.is_user(meta):
+        feats, index, features, tail_s, heads = _user_features(ws, cache, expert_id, meta, specs)
+    else:
+        feats, index, features, tail_s = _tail_features(ws, expert_id, meta, specs)
+        heads = ws.load_heads(expert_id, meta)
+    per_image = tail_s / max(len(features), 1)
     pending, fit_total, scores_s = [], 0.0, {}
     for t in tasks:
         f = feats[t]
@@ -742,6 +746,54 @@ def matrix_chunk(expert_id: str, meta: dict, specs: Sequence[TaskSpec], cache: s
                         (expert_id, t, feature_s,
                          *(v for name in SCORES for v in scores[name]))))
     return {"rows": pending, "tail_s": tail_s, "fit_s": fit_total, "scores_s": scores_s}
+
+
+def _distinct(feats: dict[str, TaskFeatures]) -> tuple[dict[str, int], list[tuple[str, str, int]]]:
+    """The distinct images of the tasks (by content): key -> row, and each row's (task, split,
+    position), so that an expert runs once per image."""
+    index: dict[str, int] = {}
+    rows = []
+    for t, f in feats.items():
+        for split in ("train", "test"):
+            for i, k in enumerate(f.keys[split]):
+                if k not in index:
+                    index[k] = len(rows)
+                    rows.append((t, split, i))
+    return index, rows
+
+
+def _tail_features(ws: Workspace, expert_id: str, meta: dict, specs: Sequence[TaskSpec]):
+    """A fine-tuned (or the ImageNet) expert's features of the tasks' capped splits: its tail
+    on the cached trunk activations. (feats, key -> row, features, seconds)."""
+    feats = {s.task_id: _task_features(ws, s) for s in specs}
+    tail = ws.load_tail(expert_id, meta)
+    index, rows = _distinct(feats)
+    trunk = np.stack([feats[t].trunk[s][i] for t, s, i in rows])
+    t1 = time.perf_counter()
+    features = tail_features(tail, trunk, ws.device)
+    return feats, index, features, time.perf_counter() - t1
+
+
+def _user_features(ws: Workspace, cache: str, expert_id: str, meta: dict, specs: Sequence[TaskSpec]):
+    """A user model's features (:mod:`precompute.user_models`) of the same capped splits,
+    decoded at the model's input size; its classifier is its source head."""
+    model = user_models.model_of(cache, expert_id, meta)
+    feats, images = {}, {}
+    for spec in specs:
+        splits = capped_splits(spec, ws.seed, ws.max_train, ws.max_test, int(meta["input_size"]))
+        f = TaskFeatures(spec.task_id, 0, {}, {}, {})
+        for split, (imgs, labels, num_classes) in splits.items():
+            f.num_classes = num_classes
+            f.keys[split], f.labels[split] = image_keys(imgs), labels
+            images.update(zip(f.keys[split], imgs))
+        feats[spec.task_id] = f
+    index, rows = _distinct(feats)
+    batch = torch.stack([images[feats[t].keys[s][i]] for t, s, i in rows])
+    t1 = time.perf_counter()
+    features = model.features(batch, ws.device)
+    weight, bias = model.head
+    return (feats, index, features, time.perf_counter() - t1,
+            (weight, bias, np.array([0, len(weight)])))
 
 
 # feature_scores columns: (score, its seconds) per transfer score, as store.expert_schema has them

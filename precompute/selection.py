@@ -61,6 +61,7 @@ class SelectionData:
     pair_seconds: np.ndarray  # [E, T] brute force: features + linear classifier
     feature_seconds: np.ndarray  # [E, T]
     unavailable: dict[str, str]  # selector -> why this file cannot evaluate it
+    unknown: tuple[int, ...] = ()  # user experts whose training task is unknown
 
     @property
     def novel(self) -> np.ndarray:
@@ -86,7 +87,7 @@ def load_selection_data(con) -> SelectionData:
     selectors are listed in ``unavailable`` with the reason, and ``evaluate`` skips them.
     """
     cur = con.cursor()
-    ex = cur.execute("SELECT e.expert_id, e.name, e.source_tasks, ee.value FROM experts e "
+    ex = cur.execute("SELECT e.expert_id, e.name, e.source_tasks, ee.value, e.meta FROM experts e "
                      "JOIN expert_embeddings ee USING (expert_id) ORDER BY e.expert_id").fetchall()
     if not ex:
         raise Task2VecError("the library has no experts: run python -m precompute experts, then matrix")
@@ -151,7 +152,13 @@ def load_selection_data(con) -> SelectionData:
         trivial_level=float(meta[0][3]), errors=arrays["err"],
         n_test=np.array([n_test[t] for t in task_ids], dtype=float),
         transfer=transfer, transfer_seconds=transfer_s, pair_seconds=arrays["pair_s"],
-        feature_seconds=arrays["feat_s"], unavailable=unavailable)
+        feature_seconds=arrays["feat_s"], unavailable=unavailable,
+        unknown=_unknown_task([json.loads(r[4] or "{}") for r in ex]))
+
+
+def _unknown_task(metas: list[dict]) -> tuple[int, ...]:
+    """Indices of the user experts (add-expert) whose training task is unknown."""
+    return tuple(i for i, m in enumerate(metas) if m.get("task_known") is False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +295,8 @@ def bootstrap_interval(values: np.ndarray, resamples: np.ndarray,
 
 def _experts(data: SelectionData) -> sel.Experts:
     return sel.Experts(data.expert_ids, data.expert_values, data.trivial_level,
-                       distances.complexity(data.expert_values, data.trivial_level), data.imagenet)
+                       distances.complexity(data.expert_values, data.trivial_level), data.imagenet,
+                       data.unknown)
 
 
 def _tasks(data: SelectionData, tasks: np.ndarray, dsym: np.ndarray,
@@ -314,7 +322,7 @@ def _fit_all(experts: sel.Experts, training: sel.Training, seed: int,
 
 # what evaluate writes, and what new tasks make stale (build drops it: run evaluate again)
 EVALUATION_TABLES = ("selection_results", "selector_rankings", "model2vec")
-EVALUATION_INFO = ("optimal_error", "norm_error_spearman", "selection")
+EVALUATION_INFO = ("optimal_error", "norm_error_spearman", "selection", "selection_stale")
 
 
 def drop_evaluation(con) -> None:
@@ -393,6 +401,7 @@ def _write_evaluation(con, data: SelectionData, summary: dict, rankings: dict,
     with store.transaction(con):
         for table in EVALUATION_TABLES:  # the library_info keys are replaced below
             con.execute(f"DELETE FROM {table}")
+        con.execute("DELETE FROM library_info WHERE key = 'selection_stale'")
         for selector, r in summary["selectors"].items():
             # the field's metrics live in meta (older files lack them; the app shows what
             # a file has): regret (error units), tau, their _ci / _std, tau_tasks
@@ -490,8 +499,11 @@ def rank_experts(con, embedding: TaskEmbedding, selector: str = "model2vec") -> 
         selector: one of :data:`EMBEDDING_SELECTORS`.
 
     Returns:
-        DataFrame with columns expert_id, name, score (higher = better), rank (1 = best),
-        sorted by rank.
+        DataFrame with columns expert_id, name, kind (``imagenet``, ``finetuned``, ``user``:
+        a model added with add-expert), score (higher = better), rank (1 = best), note; sorted
+        by rank. Experts the selector cannot rank (a user model whose training task is unknown,
+        for the TASK2VEC distances; one added after the evaluation, for Model2Vec) come last
+        with score NaN, rank <NA> and the reason in ``note``.
     """
     if selector not in SELECTORS:
         raise Task2VecError(f"unknown selector {selector!r}; choose from {', '.join(EMBEDDING_SELECTORS)}")
@@ -514,24 +526,57 @@ def rank_experts(con, embedding: TaskEmbedding, selector: str = "model2vec") -> 
                             f"{info.get('input_size')} px: embed the task at the library's size")
     if values.ndim != 1 or values.size != int(info.get("filters", -1)):
         raise Task2VecError(f"the embedding has {values.size} filters, the library {info.get('filters')}")
-    rows = cur.execute("SELECT e.expert_id, e.name, ee.value, ee.trivial_level, m.bias "
-                       "FROM experts e JOIN expert_embeddings ee USING (expert_id) "
+    rows = cur.execute("SELECT e.expert_id, e.name, e.kind, e.meta, ee.value, ee.trivial_level, "
+                       "m.bias FROM experts e JOIN expert_embeddings ee USING (expert_id) "
                        "LEFT JOIN model2vec m USING (expert_id) ORDER BY e.expert_id").fetchall()
     if not rows:
         raise Task2VecError("the library has no experts: run python -m precompute experts")
-    ids, names = [r[0] for r in rows], [r[1] for r in rows]
-    values_e = store.decode(np.stack([np.asarray(r[2]) for r in rows]))
-    trivial = float(rows[0][3])
-    bias = (None if any(r[4] is None for r in rows)
-            else store.decode(np.stack([np.asarray(r[4]) for r in rows])))
-    fitted = sel.REGISTRY[selector].from_library(info.get("selection"), bias)
+    ids, names, kinds = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    values_e = store.decode(np.stack([np.asarray(r[4]) for r in rows]))
+    trivial = float(rows[0][5])
     experts = sel.Experts(ids, values_e, trivial, distances.complexity(values_e, trivial),
-                          ids.index(IMAGENET_EXPERT) if IMAGENET_EXPERT in ids else -1)
+                          ids.index(IMAGENET_EXPERT) if IMAGENET_EXPERT in ids else -1,
+                          _unknown_task([json.loads(r[3] or "{}") for r in rows]))
+    # experts this selector cannot rank, and why
+    unranked: dict[int, str] = {}
+    if selector in ("task2vec", "task2vec_asym"):
+        unranked = {i: "its training task is unknown (add it with --trained-on to rank it "
+                    "by TASK2VEC)" for i in experts.unknown}
+    has_bias = [r[6] is not None for r in rows]
+    bias = None
+    if any(has_bias):
+        zero = np.zeros(values_e.shape[1], dtype=np.uint16)  # bf16 bits of 0
+        bias = store.decode(np.stack([np.asarray(r[6]) if r[6] is not None else zero for r in rows]))
+        if selector == "model2vec":
+            unranked = {i: "added after the last evaluation: run python -m precompute evaluate "
+                        "to place it" for i, b in enumerate(has_bias) if not b}
+    fitted = sel.REGISTRY[selector].from_library(info.get("selection"), bias)
+    if selector == "static_prior" and any(i not in fitted.ids for i in ids):
+        fitted, unranked = _static_prior_now(cur, fitted, ids)
     rng = np.random.default_rng(0)  # chance's scores, then the order of ties
     scores = fitted.score(experts, sel.Tasks(values[None], distances.symmetric_matrix(
-        values_e, values[None]), rng=rng))[:, 0]
-    order = np.lexsort((rng.permutation(len(ids)), -scores))
-    rank = np.empty(len(ids), dtype=int)
-    rank[order] = np.arange(1, len(ids) + 1)
-    df = pd.DataFrame({"expert_id": ids, "name": names, "score": scores.astype(float), "rank": rank})
-    return df.sort_values("rank", kind="stable").reset_index(drop=True)
+        values_e, values[None]), rng=rng))[:, 0].astype(float)
+    ranked = np.ones(len(ids), dtype=bool)
+    ranked[list(unranked)] = False
+    scores[~ranked] = np.nan
+    order = np.lexsort((rng.permutation(len(ids)), -np.nan_to_num(scores, nan=-np.inf), ~ranked))
+    rank = pd.array([pd.NA] * len(ids), dtype="Int64")
+    for position, i in enumerate(order[:int(ranked.sum())]):
+        rank[i] = position + 1
+    df = pd.DataFrame({"expert_id": ids, "name": names, "kind": kinds, "score": scores,
+                       "rank": rank, "note": [unranked.get(i, "") for i in range(len(ids))]})
+    df["_order"] = np.argsort(order)
+    return df.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def _static_prior_now(cur, stored: sel.StaticPrior, ids: list[str]):
+    """The static prior over the file's experts now (one added since the evaluation): the
+    mean normalised rank recomputed from the complete performance matrix, or, while the
+    matrix lacks the new experts' column, the stored prior with those experts unranked."""
+    try:
+        data = load_selection_data(cur)
+    except Task2VecError:
+        missing = {i: "not in the performance matrix yet: run python -m precompute matrix"
+                   for i, e in enumerate(ids) if e not in stored.ids}
+        return stored, missing
+    return sel.StaticPrior(sel.mean_ranks(data.errors, data.novel), data.expert_ids), {}

@@ -92,6 +92,8 @@ class Experts:
         trivial_level: the isotropic trivial embedding's value.
         complexity: ``[E]`` d_sym(F_i, trivial) (:func:`distances.complexity`).
         imagenet: index of the ImageNet expert, -1 if absent.
+        unknown: indices of the other experts whose training task is unknown (a user's model
+            added without ``--trained-on``): their ``values`` are the trivial embedding.
     """
 
     ids: list[str]
@@ -99,6 +101,16 @@ class Experts:
     trivial_level: float
     complexity: np.ndarray
     imagenet: int = -1
+    unknown: tuple[int, ...] = ()
+
+    @property
+    def task_unknown(self) -> np.ndarray:
+        """bool ``[E]``: the expert's training task is unknown (ImageNet's, and ``unknown``)."""
+        out = np.zeros(len(self.ids), dtype=bool)
+        out[list(self.unknown)] = True
+        if self.imagenet >= 0:
+            out[self.imagenet] = True
+        return out
 
 
 @dataclass
@@ -269,14 +281,17 @@ def create(name: str, **options) -> Selector:
     return REGISTRY[name](**options)
 
 
-def imagenet_last(scores: np.ndarray, imagenet: int) -> np.ndarray:
+def unknown_last(scores: np.ndarray, experts: Experts) -> np.ndarray:
     """The TASK2VEC distance selectors pick "the expert trained on the most similar task"
-    (section 4.2, strategy 1); ImageNet's task is unknown here, so it comes after every expert
-    whose task is known (Model2Vec instead learns where to put it, from F = 0)."""
-    if imagenet >= 0 and scores.shape[0] > 1:
+    (section 4.2, strategy 1); the experts whose task is unknown (ImageNet's, a user's model
+    added without its training task) cannot be ranked that way, so they come after every
+    expert whose task is known, tied (Model2Vec instead learns where to put them, from
+    F = 0)."""
+    unknown = experts.task_unknown
+    if unknown.any() and not unknown.all():
         scores = scores.copy()
-        others = np.delete(scores, imagenet, axis=0)
-        scores[imagenet] = others.min(0) - 1.0
+        floor = scores[~unknown].min(0)
+        scores[unknown] = floor - 1.0
     return scores
 
 
@@ -332,7 +347,7 @@ class Task2Vec(Selector):
     name = "task2vec"
 
     def score(self, experts, tasks):
-        return imagenet_last(-tasks.dsym, experts.imagenet)
+        return unknown_last(-tasks.dsym, experts)
 
 
 def choose_alpha(dsym: np.ndarray, complexity: np.ndarray, errors: np.ndarray, n_test: np.ndarray,
@@ -366,7 +381,7 @@ class Task2VecAsym(Selector):
 
     def score(self, experts, tasks):
         d = distances.asymmetric_from_symmetric(tasks.dsym, experts.complexity, self.alpha)
-        return imagenet_last(-d, experts.imagenet)
+        return unknown_last(-d, experts)
 
     def state(self):
         return {"alpha": self.alpha}

@@ -70,6 +70,38 @@ def write_pair_manifest(root: Path, digits, digit_pairs, fashion_pairs, per_clas
     return manifest
 
 
+EXPERT_DIGIT_PAIRS = [(0, 1), (3, 8), (1, 7), (4, 9)]
+EXPERT_FASHION_PAIRS = [(0, 1), (7, 9), (5, 9), (2, 4)]
+EXPERT_PER_CLASS = 20
+
+
+@pytest.fixture(scope="session")
+def expert_library(digits, tmp_path_factory):
+    """A built library file with experts (digits, fashion, ImageNet), matrix and evaluation:
+    4 digit-pair and 4 Fashion-MNIST-pair tasks of 20 images a class at 32 px, written as a
+    CSV manifest so the CLI can re-read it (digit 1 is in two tasks, so images are shared).
+    Shared by test_experts and test_user_models; tests that change it work on a copy."""
+    from precompute import build, experts, selection, store
+    from precompute.libraries.user import read_user_library
+
+    root = tmp_path_factory.mktemp("experts")
+    manifest = write_pair_manifest(root / "images", digits, EXPERT_DIGIT_PAIRS,
+                                   EXPERT_FASHION_PAIRS, EXPERT_PER_CLASS)
+    db = root / "lib.duckdb"
+    specs = read_user_library(manifest)
+    build.build_library(specs, db, library=str(manifest), methods=("montecarlo",),
+                        input_size=SIDE, maps=(), progress=False)
+    con = store.open_library(db)
+    try:
+        experts.build_experts(con, specs, root / "cache", num_experts=2, sources=2, steps=40,
+                              progress=False)
+        experts.compute_matrix(con, specs, root / "cache", progress=False)
+        summary = selection.evaluate(con, seeds=2, folds=2, progress=False)
+    finally:
+        con.close()
+    return {"root": root, "db": db, "manifest": manifest, "specs": specs, "summary": summary}
+
+
 def constant_task(task: TaskData) -> TaskData:
     """Every image labelled the same: the task carries no information about the label."""
     return TaskData(name="constant", images=task.images,

@@ -14,17 +14,12 @@ import duckdb
 import numpy as np
 import pytest
 
-from conftest import expect_error, write_pair_manifest
-from precompute import build, experts, selection, selectors, store, transfer
+from conftest import EXPERT_PER_CLASS as PER_CLASS
+from conftest import SIDE, expect_error
+from precompute import experts, selection, selectors, store, transfer
 from precompute.errors import Task2VecError
 from precompute.libraries import TaskSpec
-from precompute.libraries.user import read_user_library
 from precompute.task2vec import TaskEmbedding
-
-SIDE = 32
-DIGIT_PAIRS = [(0, 1), (3, 8), (1, 7), (4, 9)]
-FASHION_PAIRS = [(0, 1), (7, 9), (5, 9), (2, 4)]
-PER_CLASS = 20
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -32,29 +27,10 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def write_manifest(root: Path, digits) -> Path:
-    """Digit-pair and fashion-pair tasks (digit 1 is in two tasks, so images are shared)."""
-    return write_pair_manifest(root, digits, DIGIT_PAIRS, FASHION_PAIRS, PER_CLASS)
-
-
 @pytest.fixture(scope="module")
-def library(digits, tmp_path_factory):
-    """A built library file with experts (digits, fashion, ImageNet), matrix and evaluation."""
-    root = tmp_path_factory.mktemp("experts")
-    manifest = write_manifest(root / "images", digits)
-    db = root / "lib.duckdb"
-    specs = read_user_library(manifest)
-    build.build_library(specs, db, library=str(manifest), methods=("montecarlo",),
-                        input_size=SIDE, maps=(), progress=False)
-    con = store.open_library(db)
-    try:
-        experts.build_experts(con, specs, root / "cache", num_experts=2, sources=2, steps=40,
-                              progress=False)
-        experts.compute_matrix(con, specs, root / "cache", progress=False)
-        summary = selection.evaluate(con, seeds=2, folds=2, progress=False)
-    finally:
-        con.close()
-    return {"root": root, "db": db, "manifest": manifest, "specs": specs, "summary": summary}
+def library(expert_library):
+    """The built library with experts, matrix and evaluation (conftest.expert_library)."""
+    return expert_library
 
 
 def read_only(db):
@@ -487,8 +463,8 @@ def test_distance_selectors_rank_the_same_domain_expert_first(library):
             e = TaskEmbedding(value, "montecarlo", "efficientnet_lite0", [], {"input_size": SIDE})
             for selector in ("task2vec", "task2vec_asym", "model2vec"):
                 ranking = selection.rank_experts(con, e, selector=selector)
-                assert list(ranking.columns) == ["expert_id", "name", "score", "rank"]
-                assert ranking["rank"].tolist() == [1, 2, 3]
+                assert list(ranking.columns) == ["expert_id", "name", "kind", "score", "rank", "note"]
+                assert ranking["rank"].tolist() == [1, 2, 3] and not ranking["note"].any()
                 assert ranking["score"].is_monotonic_decreasing
             ranking = selection.rank_experts(con, e, selector="task2vec")
             # (digits only: since the sources are every other task of a branch, the novel

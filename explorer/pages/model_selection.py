@@ -29,6 +29,10 @@ if results.empty:
     st.info("No selector results in this library yet (table `selection_results`): run "
             f"`python -m precompute evaluate --db {lib.path}`.")
 else:
+    stale = lib.info.get("selection_stale")
+    if stale:
+        st.warning(f"This evaluation predates a change of experts ({'; '.join(stale)}): run "
+                   f"`python -m precompute evaluate --db {lib.path}` to include it.")
     results = results.sort_values("relative_error_increase").reset_index(drop=True)
     table = pd.DataFrame({"selector": results["selector"],
                           "relative error increase (%)": 100 * results["relative_error_increase"]})

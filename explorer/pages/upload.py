@@ -122,7 +122,7 @@ if result:
         st.markdown("**Experts ranked for this task**")
         if result["experts"] is not None:
             st.caption(result.get("selector_note", ""))
-            st.table(result["experts"].head(10).set_index("rank"))
+            st.table(up.expert_table(result["experts"]))
         else:
             st.info(result["experts_note"][:1].upper() + result["experts_note"][1:] + ".")
     others = result.get("other_picks")
