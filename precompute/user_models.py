@@ -38,7 +38,6 @@ import difflib
 import hashlib
 import json
 import os
-import pickle
 import re
 import shutil
 import time
@@ -84,12 +83,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise Task2VecError(f"no such weights file: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise Task2VecError(
-            f"{path} was refused: it holds Python objects, not only tensors, and this tool never "
-            f"unpickles them ({str(exc).splitlines()[0][:120]}); save the weights with "
-            "torch.save(model.state_dict(), FILE)") from None
-    except Exception as exc:  # truncated, not a torch file, ...
+    except Exception as exc:
+        # weights_only's unpickler refuses any object it would have to construct by calling
+        # code, with pickle's UnpicklingError (matched by name: this module never imports pickle)
+        if type(exc).__name__ == "UnpicklingError":
+            raise Task2VecError(
+                f"{path} was refused: it holds Python objects, not only tensors, and this tool "
+                f"never unpickles them ({str(exc).splitlines()[0][:120]}); save the weights "
+                "with torch.save(model.state_dict(), FILE)") from None
         raise Task2VecError(f"cannot read weights file {path}: truncated, or not a file "
                             f"torch.save wrote ({str(exc).splitlines()[0][:160]})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from precompute import analysis, build, store
+from precompute import analysis, build, engine, store
 from precompute.libraries.demo import read_demo_library
 
 SCRIPTS = ("greek", "latin", "cyrillic", "coptic",  # Greek-derived
@@ -29,7 +29,15 @@ def slice_library(tmp_path_factory):
               or (s.family == "fashion_mnist" and s.taxonomy[1] in FASHION_GROUPS)
               or s.meta.get("attribute_group") in WHOLE_POOL_GROUPS]
     db = tmp_path_factory.mktemp("checks") / "checks.duckdb"
-    build.build_library(picked, db, library="demo-slice", input_size=32, maps=(), progress=False)
+    # on Ray's two single-threaded workers (a local instance for this build): on 2 cores they
+    # embed these small tasks in about 0.6 of the time torch's two threads take in one process
+    # (BENCHMARKS.md), with the same embeddings as a one-thread local build (test_engine)
+    ex = engine.executor("ray", address="local", progress=False)
+    try:
+        build.build_library(picked, db, library="demo-slice", input_size=32, maps=(),
+                            progress=False, executor=ex)
+    finally:
+        ex.close()
     return picked, db
 
 
