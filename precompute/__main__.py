@@ -272,8 +272,9 @@ def _add_expert(args: argparse.Namespace) -> int:
     from . import store, user_models
 
     if args.manifest:
-        if args.name or args.arch or args.weights or args.trained_on:
-            raise Task2VecError("give either --manifest or --name/--arch/--weights, not both")
+        if args.name or args.arch or args.weights or args.trained_on or args.input_size:
+            raise Task2VecError("give either --manifest or --name/--arch/--weights (with "
+                                "--trained-on, --input-size), not both")
         entries = user_models.read_manifest(args.manifest)
     else:
         missing = [f"--{o}" for o in ("name", "arch", "weights") if not getattr(args, o)]
