@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import hashlib
 import json
 import os
 import re
@@ -271,11 +270,9 @@ def weights_path(cache: str | os.PathLike, meta: dict) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .experts import _sha256 as file_sha256  # experts imports this module
+
+    return file_sha256(path)
 
 
 def _training_embedding(con, info: dict, trained_on: str, progress: bool) -> tuple[np.ndarray, list[str], dict]:
