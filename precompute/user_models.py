@@ -263,6 +263,7 @@ class Prepared:
     meta: dict
     source_tasks: list[str]
     embedding: np.ndarray
+    trivial_level: float  # the library's, stored beside the embedding
 
 
 def weights_path(cache: str | os.PathLike, meta: dict) -> Path:
@@ -298,12 +299,11 @@ def _training_embedding(con, info: dict, trained_on: str, progress: bool) -> tup
              "classes": task.num_classes, "method": method, "seed": int(info.get("seed", 0))})
 
 
-def prepare(con, entries: Sequence[Entry], device: str = "cpu",
-            progress: bool = False) -> list[Prepared]:
+def prepare(con, entries: Sequence[Entry], progress: bool = False) -> list[Prepared]:
     """Check every entry against the library in ``con`` (read-only is enough) and load its
     network once (a trial forward pass at its input size); nothing is written. Raises
     Task2VecError for the first entry that is wrong, naming it."""
-    from .task2vec import _device_name, _versions
+    from .task2vec import _versions
 
     info = store.get_info(con)
     if "input_size" not in info or "probe" not in info:
@@ -355,8 +355,8 @@ def prepare(con, entries: Sequence[Entry], device: str = "cpu",
                 "embedding": ("the Fisher embedding of its training task" if trained else
                               "trivial (its training task is unknown)"),
                 "added": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "device": _device_name(torch.device(device)), "versions": _versions()}
-        out.append(Prepared(entry, expert_id, meta, sources, embedding))
+                "versions": _versions()}
+        out.append(Prepared(entry, expert_id, meta, sources, embedding, trivial))
     return out
 
 
@@ -374,14 +374,12 @@ def write(con, prepared: Sequence[Prepared], cache: str | os.PathLike) -> None:
                 tmp.replace(target)
     except OSError as exc:
         raise Task2VecError(f"cannot copy the weights into the cache {folder}: {exc.strerror}") from None
-    trivial = con.execute("SELECT any_value(trivial_level) FROM embeddings WHERE method = ?",
-                          [store.task_method(store.get_info(con))]).fetchone()[0]
     with store.transaction(con):
         for p in prepared:
             con.execute("INSERT INTO experts VALUES (?, ?, ?, ?, ?)",
                         [p.expert_id, p.entry.name, KIND, p.source_tasks, json.dumps(p.meta)])
             con.execute("INSERT INTO expert_embeddings VALUES (?, ?, ?, ?)",
-                        [p.expert_id, store.encode(p.embedding), trivial,
+                        [p.expert_id, store.encode(p.embedding), p.trivial_level,
                          float(np.abs(p.embedding).sum())])
         _mark_stale(con, "added " + ", ".join(p.expert_id for p in prepared))
 

@@ -21,6 +21,7 @@ import torchvision
 from explorer.upload import expert_table
 from precompute import experts, selection, store, transfer, user_models
 from precompute.__main__ import main
+from precompute.distances import symmetric_matrix
 from precompute.probes import create
 from precompute.task2vec import TaskEmbedding
 
@@ -105,7 +106,10 @@ def test_torchvision_models_are_added_and_ranked_as_the_selectors_can(lib, weigh
 
         task = fisher(con, "fashion-0-vs-1")
         t2v = selection.rank_experts(con, task, "task2vec").set_index("expert_id")
-        assert t2v.loc["user/res", "rank"] >= 1 and t2v.loc["user/res", "kind"] == "user"
+        # ranked by the distance of its training task to this one, as every known-task expert
+        d = symmetric_matrix(emb["user/res"][None], task.values[None])[0, 0]
+        assert t2v.loc["user/res", "score"] == pytest.approx(-d, rel=1e-6)
+        assert t2v.loc["user/res", "kind"] == "user" and t2v.loc["user/res", "rank"] >= 1
         assert t2v.loc["user/mob", "rank"] is pd.NA and np.isnan(t2v.loc["user/mob", "score"])
         assert "training task is unknown" in t2v.loc["user/mob", "note"]
         assert t2v["rank"].iloc[-1] is pd.NA  # the ones it cannot rank come last
