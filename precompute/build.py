@@ -83,11 +83,14 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
         todo = [s for s in specs if s.task_id not in done]
         seconds = _embed_tasks(con, todo, probe, methods, input_size, device, seed, progress,
                                executor)
+        filled = _fill_diversity(con, specs, probe, methods, input_size, device, seed, progress,
+                                 executor)
         if todo:  # new tasks make the stored model-selection evaluation stale
             selection.drop_evaluation(con)
         _compute_maps(con, methods, maps, seed, progress)
         summary = {"tasks_total": len(specs), "tasks_embedded_this_run": len(todo),
-                   "seconds_embedding": round(seconds, 2), "versions": _versions(), **settings}
+                   "seconds_embedding": round(seconds, 2), **filled, "versions": _versions(),
+                   **settings}
         summary.pop("layers")
         con.execute("INSERT INTO runs VALUES ((SELECT coalesce(max(run_id), 0) + 1 FROM runs), "
                     "?, ?, ?, ?, ?, ?)", [started, datetime.now(timezone.utc), len(todo),
@@ -193,6 +196,34 @@ def _embed_tasks(con, todo: Sequence[TaskSpec], probe: str, methods, input_size:
                                            desc="embedding tasks", unit="task", progress=progress):
         store.write_task(con, rows["task"], rows["embeddings"], rows["thumbnails"])
     return time.perf_counter() - t_start
+
+
+def _fill_diversity(con, specs: Sequence[TaskSpec], probe: str, methods, input_size: int,
+                    device: str, seed: int, progress: bool, executor=None) -> dict:
+    """The diversity coefficient for tasks embedded before the build computed it.
+
+    Each such task's Fisher embedding is computed again exactly as it was (same settings and
+    seed: the unit is :func:`embed_task`); only the ``diversity`` entry of its stored metadata
+    is added, and the stored embedding is kept. Returns the counts for the run's summary, with
+    how many recomputed embeddings equal the stored ones bit for bit (all, on the same
+    machine and engine; another CPU or thread count may differ in the last bits).
+    """
+    from .engine import LOCAL, Unit
+
+    method = next(m for m in methods if m in FISHER_METHODS)
+    missing = store.without_diversity(con, method)
+    units = [Unit(s.task_id, (s, probe, [method], input_size, device, seed)) for s in specs
+             if s.task_id in missing]
+    if not units:
+        return {}
+    t_start, same = time.perf_counter(), 0
+    for unit, rows in (executor or LOCAL).run(embed_task, units, load=_load_unit,
+                                              desc="diversity of earlier tasks", unit="task",
+                                              progress=progress):
+        e = rows["embeddings"][method]
+        same += store.add_diversity(con, unit.key, method, e.meta["diversity"], e.values)
+    return {"diversity_filled": len(units), "diversity_reproduced_bits": same,
+            "seconds_diversity": round(time.perf_counter() - t_start, 2)}
 
 
 def _thumbnails(task) -> list[tuple[str, bytes]]:

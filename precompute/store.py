@@ -112,6 +112,26 @@ def write_task(con: duckdb.DuckDBPyConnection, task: dict, embeddings: dict, thu
                         [task["task_id"], position, label, png])
 
 
+def without_diversity(con: duckdb.DuckDBPyConnection, method: str) -> set[str]:
+    """Tasks whose ``method`` embedding has no diversity coefficient (built before it)."""
+    return {r[0] for r in con.execute(
+        "SELECT task_id FROM embeddings WHERE method = ? "
+        "AND coalesce(json_type(meta, '$.diversity'), 'NULL') = 'NULL'",
+        [method]).fetchall()}
+
+
+def add_diversity(con: duckdb.DuckDBPyConnection, task_id: str, method: str, diversity: dict,
+                  values: np.ndarray) -> bool:
+    """Add ``diversity`` to a stored embedding's metadata, keeping the embedding; returns
+    whether ``values`` (the same embedding, computed again) equals the stored one bit for bit."""
+    meta, stored = con.execute("SELECT meta, value FROM embeddings WHERE task_id = ? AND method = ?",
+                               [task_id, method]).fetchone()
+    meta = {**json.loads(meta), "diversity": diversity}
+    con.execute("UPDATE embeddings SET meta = ? WHERE task_id = ? AND method = ?",
+                [json.dumps(meta), task_id, method])
+    return bool(np.array_equal(np.asarray(stored, dtype=np.uint16), encode(values)))
+
+
 def embedding_matrix(con: duckdb.DuckDBPyConnection, method: str) -> tuple[list[str], np.ndarray]:
     """(task ids in task-id order, float32 [tasks, filters]) for one method."""
     table = con.execute("SELECT task_id, value FROM embeddings WHERE method = ? ORDER BY task_id",

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from .distances import symmetric_matrix
 from .errors import Task2VecError
 from .probes import DEFAULT_PROBE, Probe, create
 from .tasks import TaskData, load_task
@@ -57,6 +58,8 @@ DEFAULT_METHOD = "rademacher"
 # 16 steps, 0.010 at batch 8 and 64 steps, same 500 samples). So a small CPU batch, and
 # at least this many steps where the batch is large (CUDA).
 MIN_FISHER_STEPS = 64
+# The diversity coefficient's batch: images per batch embedding (see ``_montecarlo_fisher``).
+DIVERSITY_BATCH = 64
 DEFAULT_INPUT_SIZE = 64  # small so that a CPU embeds a 500-image task in seconds
 Progress = Callable[[str, float], None]
 
@@ -461,6 +464,8 @@ class _Embedder:
         for w in self.weights:
             w.requires_grad_(True)
         acc = [torch.zeros_like(w, dtype=torch.float32) for w in self.weights]
+        group_steps = -(-DIVERSITY_BATCH // batch)
+        cumulative = []  # per-filter sums after every group_steps steps: the batch embeddings
         try:
             for step in range(steps):
                 index = order[step]
@@ -470,14 +475,21 @@ class _Embedder:
                     r = residual(logits.softmax(-1), self.generator)
                 grads = torch.autograd.grad((logits * r).sum() / index.numel(), self.weights)
                 torch._foreach_addcmul_(acc, grads, grads, value=float(index.numel()))
+                if (step + 1) % group_steps == 0:
+                    cumulative.append(_per_filter(acc).double())
                 if step % 8 == 0 or step == steps - 1:
                     self.progress("fisher", (step + 1) / steps)
         finally:
             for w in self.weights:
                 w.requires_grad_(False)
-        per_filter = [a.flatten(1).mean(1) if a.dim() > 1 else a for a in acc]
-        values = torch.cat(per_filter).div_(steps).cpu().numpy() + self._prior_term()
-        return values, {"fisher_samples": steps * batch, "batch_size": batch, "steps": steps}
+        values = _per_filter(acc).div_(steps).cpu().numpy() + self._prior_term()
+        extra = {"fisher_samples": steps * batch, "batch_size": batch, "steps": steps}
+        if len(cumulative) >= 2:
+            sums = torch.stack(cumulative)
+            batches = torch.diff(sums, dim=0, prepend=torch.zeros_like(sums[:1])) / group_steps
+            extra["diversity"] = _diversity(batches.float().cpu().numpy() + self._prior_term(),
+                                            group_steps * batch)
+        return values, extra
 
     def _variational_fisher(self, head: nn.Linear) -> tuple[np.ndarray, dict]:
         """Per-filter precision of the optimal Gaussian weight noise (section 3.1).
@@ -549,6 +561,19 @@ class _Embedder:
         values = np.asarray(values, dtype=np.float32)
         return TaskEmbedding(values, method, self.probe.name, layers, meta,
                              None if trivial is None else np.asarray(trivial, dtype=np.float32))
+
+
+def _per_filter(acc: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([a.flatten(1).mean(1) if a.dim() > 1 else a for a in acc])
+
+
+def _diversity(batch_embeddings: np.ndarray, batch: int) -> dict:
+    """The TASK2VEC diversity coefficient (Miranda et al. 2023) from ``[K, filters]`` embeddings
+    of K disjoint random batches of ``batch`` images: the mean d_sym over the K(K-1)/2 pairs."""
+    k = len(batch_embeddings)
+    pairs = symmetric_matrix(batch_embeddings, batch_embeddings)[np.triu_indices(k, 1)]
+    return {"value": round(float(pairs.mean()), 6), "batch": batch, "batches": k,
+            "distance": "d_sym"}
 
 
 def _add_weight_noise(module: nn.Module, log_var: torch.Tensor, generator: torch.Generator):

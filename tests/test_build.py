@@ -4,6 +4,8 @@ The reference library is embedded for real; the tests of resuming, growing and p
 reuse its embeddings (conftest.remembered_embed_methods): what they test is the build around
 the embedding, and every number they compare still comes from a real embedding.
 """
+import json
+
 import duckdb
 import numpy as np
 import pytest
@@ -161,6 +163,37 @@ def test_a_library_that_grew_embeds_only_its_new_tasks_and_keeps_the_rest(
                         maps=(), progress=False)
     fresh = read_all(db)
     assert fresh["runs"] == [(1,)] and len(fresh["tasks"]) == 1
+
+
+def test_build_fills_the_diversity_of_tasks_embedded_before_it(digits, tmp_path, reference,
+                                                               remembered_embeddings):
+    """A library whose tasks lack the diversity coefficient (built before it) gets it from the
+    next build: those tasks' Fisher embeddings are computed again with the same seed, only the
+    metadata gains the coefficient, and the recomputed embeddings equal the stored ones."""
+    db = tmp_path / "lib.duckdb"
+    specs = digit_specs(digits)
+    build.build_library(specs, db, library="digits", input_size=SIDE, maps=("tsne",), progress=False)
+    con = duckdb.connect(str(db))
+    before = dict(con.execute("SELECT task_id, meta->'diversity' FROM embeddings "
+                              "WHERE method = 'rademacher'").fetchall())
+    # 64 Fisher steps of 8 images (MIN_FISHER_STEPS), 8 steps a batch of 64: 8 batches
+    assert all(json.loads(d)["batches"] == 8 for d in before.values())
+    old = ["digits/0-vs-1", "digits/4-vs-9"]
+    con.execute("UPDATE embeddings SET meta = json_merge_patch(meta, '{\"diversity\": null}') "
+                "WHERE method = 'rademacher' AND task_id IN (?, ?)", old)
+    assert store.without_diversity(con, "rademacher") == set(old)
+    con.close()
+    build.build_library(specs, db, library="digits", input_size=SIDE, maps=("tsne",), progress=False)
+    after = read_all(db)
+    assert after["embeddings"] == reference["embeddings"] and after["tasks"] == reference["tasks"]
+    con = duckdb.connect(str(db), read_only=True)
+    filled = dict(con.execute("SELECT task_id, meta->'diversity' FROM embeddings "
+                              "WHERE method = 'rademacher'").fetchall())
+    summary = json.loads(con.execute("SELECT summary FROM runs ORDER BY run_id DESC").fetchone()[0])
+    con.close()
+    assert {t: json.loads(v) for t, v in filled.items()} == {t: json.loads(v) for t, v in before.items()}
+    assert summary["tasks_embedded_this_run"] == 0
+    assert summary["diversity_filled"] == 2 and summary["diversity_reproduced_bits"] == 2
 
 
 def test_resume_with_other_settings_is_refused(digits, tmp_path, monkeypatch):
