@@ -336,7 +336,8 @@ def process(lib: store.Library, files: Sequence[tuple[str, bytes]], folder: Path
     fisher.save(tmp)
     buf.write(tmp.read_bytes())
     return {"name": name, "library": lib.path, "size": task.size, "classes": task.classes,
-            "class_counts": task.class_counts(), "norm": fisher.norm, "nearest": nearest,
+            "class_counts": task.class_counts(), "norm": fisher.norm,
+            "diversity": fisher.meta.get("diversity"), "nearest": nearest,
             "positions": positions, "experts": ranked["experts"], "experts_note": ranked["note"],
             "selector": ranked["selector"], "selector_note": ranked["selector_note"],
             "other_picks": ranked["others"],

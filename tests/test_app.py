@@ -158,6 +158,14 @@ def test_task_card_from_the_url_shows_nearest_tasks_by_symmetric_distance(app_li
     classes = table(at, "class")
     assert list(classes["class"]) == ["3", "8"] and classes["images"].sum() == 30
     assert any("30 training / 10 test images" in m.value for m in at.markdown)
+    # the diversity coefficient from the embedding's metadata, placed among the library's
+    con = duckdb.connect(str(app_library), read_only=True)
+    div = dict(con.execute("SELECT task_id, json_extract(meta, '$.diversity.value')::DOUBLE "
+                           "FROM embeddings WHERE method = 'rademacher'").fetchall())
+    con.close()
+    share = round(100 * np.mean([d < div[task] for d in div.values()]))
+    assert any(f"diversity {div[task]:.3f} (more than {share}% of the library's {N_TASKS} tasks)"
+               in m.value for m in at.markdown)
     assert any("no experts yet" in i.value for i in at.info)
     # the selected task is ringed on both maps: in the browser (the maps sent do not change
     # with the selection) and in the exported figures
@@ -618,6 +626,10 @@ def test_upload_is_placed_among_its_nearest_tasks(app_library, digits, tmp_path)
     assert result["positions"]["task"]["tsne"] == pytest.approx(tuple(expect))
     assert set(result["positions"]) == {"task", "domain"}
     assert result["experts"] is None and "no experts yet" in result["experts_note"]
+    assert result["diversity"]["batches"] == 8 and 0 < result["diversity"]["value"] < 1
+    text = estore.diversity_text(lib, result["diversity"])
+    assert text.startswith(f"diversity {result['diversity']['value']:.3f} (more than ")
+    assert text.endswith(f"of the library's {N_TASKS} tasks), batches of 64 images")
     # the embedding file round-trips and is the library's kind of embedding
     from precompute import TaskEmbedding
 

@@ -131,6 +131,42 @@ def test_embedding_properties_on_real_tasks(digits, fashion, digits_task, lite0)
     assert norms == sorted(norms), norms  # harder task, larger embedding (paper Fig. 2 right)
 
 
+def test_diversity_is_the_mean_distance_between_the_fisher_pass_batch_embeddings(digits_task,
+                                                                                monkeypatch):
+    """The coefficient's batch embeddings are the Fisher pass cut into consecutive batches of
+    DIVERSITY_BATCH images: they average to the embedding itself, and the coefficient is their
+    mean pairwise d_sym (by the formula, pair by pair)."""
+    from precompute import task2vec
+
+    seen = []
+    original = task2vec._diversity
+    monkeypatch.setattr(task2vec, "_diversity", lambda b, n: seen.append(b) or original(b, n))
+    e = embed(digits_task, tiny_probe(), method="rademacher", input_size=SIDE, seed=0,
+              batch_size=8, fisher_samples=640)
+    [batches] = seen
+    assert batches.shape == (10, e.values.size)  # 80 steps of 8 images, 8 steps a batch
+    np.testing.assert_allclose(batches.mean(0), e.values, rtol=1e-4)
+    pairs = [distances.symmetric(batches[i], batches[j]) for i in range(10) for j in range(i)]
+    assert e.meta["diversity"] == {"value": pytest.approx(np.mean(pairs), abs=1e-6),
+                                   "batch": 64, "batches": 10, "distance": "d_sym"}
+    assert 0 < e.meta["diversity"]["value"] < 1
+
+
+def test_diversity_orders_two_classes_below_ten_of_the_same_pool(lite0):
+    """A controlled family (benchmarks/bench_diversity.py has it over five seeds, with fonts):
+    512 Fashion-MNIST images of two classes are less diverse than 512 of all ten."""
+    from conftest import fashion_test_images
+
+    x, y = fashion_test_images(4000)
+    rng = np.random.default_rng(0)
+    div = {}
+    for classes in ([0, 1], list(range(10))):
+        idx = rng.choice(np.flatnonzero(np.isin(y, classes)), 512, replace=False)
+        e = embed(task_from_arrays(x[idx], y[idx], input_size=SIDE), lite0, input_size=SIDE, seed=0)
+        div[len(classes)] = e.meta["diversity"]["value"]
+    assert div[2] < div[10] - 0.01, div
+
+
 @pytest.mark.parametrize("method", ["montecarlo", "variational"])
 def test_constant_label_task_gives_the_trivial_embedding(digits_task, method):
     task = constant_task(digits_task)

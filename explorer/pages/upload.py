@@ -111,7 +111,9 @@ if result and result.get("library") != lib.path:
     result = None
 if result:
     st.subheader(f"{result['name']}: {result['size']} images, {len(result['classes'])} classes")
-    st.caption(f"Embedding norm {result['norm']:.4g} · loaded in {result['seconds']['load']:.1f} s, "
+    st.caption(f"Embedding norm {result['norm']:.4g} · "
+               f"{store.diversity_text(lib, result['diversity'])} · "
+               f"loaded in {result['seconds']['load']:.1f} s, "
                f"embedded in {result['seconds']['embed']:.1f} s" + _waited(result, " · "))
     near, exp = st.columns(2)
     with near:
