@@ -43,7 +43,7 @@ pio.templates["task2vec"] = go.layout.Template(layout=go.Layout(
 TEMPLATE = "task2vec"
 
 COLOR_FIELDS = {"family": "family", "size": "size (training images)", "norm": "embedding norm",
-                "best_error": "best-expert test error"}
+                "diversity": "diversity coefficient", "best_error": "best-expert test error"}
 
 
 def category_colors(values: Sequence[str]) -> dict[str, str]:
@@ -60,6 +60,8 @@ def color_options(tasks: pd.DataFrame) -> dict[str, str]:
         opts[f"level:{level}"] = f"taxonomy level {level + 1}"
     opts["size"] = COLOR_FIELDS["size"]
     opts["norm"] = COLOR_FIELDS["norm"]
+    if "diversity" in tasks and tasks["diversity"].notna().any():
+        opts["diversity"] = COLOR_FIELDS["diversity"]
     if tasks["best_error"].notna().any():
         opts["best_error"] = COLOR_FIELDS["best_error"]
     return opts

@@ -128,18 +128,22 @@ def test_colour_by_taxonomy_level_and_algorithm_from_the_url(app_library):
     assert set(points(task_map).values()) == groups
     labels = at.selectbox(key="w_color").options
     assert "taxonomy level 3" in labels and "embedding norm" in labels
+    assert "diversity coefficient" in labels
     assert "best-expert test error" not in labels  # no experts in this library
 
 
-def test_colour_by_norm_is_one_continuous_trace(app_library, library):
-    at = open_app(app_library, color="norm")
+@pytest.mark.parametrize("color, column", [
+    ("norm", "norm"), ("diversity", "json_extract(meta, '$.diversity.value')::DOUBLE")])
+def test_colour_by_norm_or_diversity_is_one_continuous_trace(app_library, library, color, column):
+    at = open_app(app_library, color=color)
     traces = charts(at)[0]["data"]
     assert len(traces) == 1 and traces[0]["marker"]["colorscale"]
     con = duckdb.connect(str(app_library), read_only=True)
-    norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method='rademacher'").fetchall())
+    values = dict(con.execute(f"SELECT task_id, {column} FROM embeddings "
+                              "WHERE method='rademacher'").fetchall())
     con.close()
     shown = {cd[0]: c for cd, c in zip(traces[0]["customdata"], arr(traces[0]["marker"]["color"]))}
-    assert shown == pytest.approx(norms)
+    assert shown == pytest.approx(values)
 
 
 def test_task_card_from_the_url_shows_nearest_tasks_by_symmetric_distance(app_library, library):
