@@ -8,9 +8,10 @@ coefficient is run here):
 - fonts: 20 Latin letters rendered with one font (Noto Sans) against eight (Noto Sans, Serif
   and their Display designs, each regular and bold, italic and bold italic where installed),
   same renderer, same augmentation: div(one font) < div(eight fonts) for each seed;
-- bounds (Miranda et al. 2023): a task whose images are all one image (every batch the same
-  data, so only the estimator's noise is left: the lower bound) and uniform-noise images with
-  random labels (their upper bound, "random tokens").
+- bounds (Miranda et al. 2023): a task whose images are all one image (the lower bound: the
+  head has nothing to learn, so every batch's Fisher is the trivial embedding and the
+  coefficient is exactly 0) and uniform-noise images with random labels (their upper bound,
+  "random tokens").
 
 Every task is embedded as ``build`` embeds a library task (default method, the library's 32 px,
 per-task seed from the build seed), for build seeds 0 to 4; printed: the coefficient's mean and

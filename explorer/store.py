@@ -38,20 +38,22 @@ def expert_hint(lib: "Library") -> str:
             "work without them")
 
 
-def diversity_text(lib: "Library", diversity: dict | float | None) -> str:
-    """The diversity coefficient in words: its value, where it falls among the library's
-    tasks, and its batch (``diversity``: the embedding's metadata entry, or the value)."""
-    value = diversity.get("value") if isinstance(diversity, dict) else diversity
+def diversity_text(lib: "Library", value: float | None, *, reason: str | None = None,
+                   batch: int | None = None) -> str:
+    """The diversity coefficient in words: its value and where it falls among the library's
+    tasks, or why there is none (``reason``: the embedding's, e.g. too few images)."""
     if value is None or not np.isfinite(value):
-        return ("diversity not computed (embedded before it; `python -m precompute build` "
+        if isinstance(reason, str) and reason:
+            return f"diversity not defined: {reason}"
+        return ("no diversity coefficient (embedded before it: `python -m precompute build` "
                 "with the library's settings adds it)")
     others = lib.tasks["diversity"].dropna()
     text = f"diversity {value:.3f}"
     if len(others):
         share = float((others < value).mean())
         text += f" (more than {100 * share:.0f}% of the library's {len(others)} tasks)"
-    if isinstance(diversity, dict):
-        text += f", batches of {diversity['batch']} images"
+    if batch:
+        text += f", batches of {batch} images"
     return text
 
 
@@ -65,7 +67,8 @@ class Library:
         tasks: one row per task, index ``task_id``: family, name, taxonomy (tuple root -> task),
             classes, class_counts, num_train, num_test, size (= num_train), norm (L1 of the
             Fisher embedding, the paper's difficulty measure), diversity (the diversity
-            coefficient, NaN for tasks embedded before it), best_error (min test error over
+            coefficient; NaN for tasks embedded before it or too small, diversity_reason says
+            which), best_error (min test error over
             experts, NaN without experts).
         maps: columns space ('task' | 'domain'), algorithm ('tsne' | 'umap'), task_id, x, y.
         tables: names of the tables present in the file.
@@ -165,9 +168,11 @@ def _load_library(path: str, mtime: float) -> Library:
         tasks[col] = tasks[col].map(lambda v: tuple(v) if v is not None else ())
     tasks["size"] = tasks["num_train"].astype(int)
     norms = fetch("SELECT task_id, norm, TRY_CAST(json_extract(meta, '$.diversity.value') AS "
-                  "DOUBLE) AS diversity FROM embeddings WHERE method = ?", [task_method])
+                  "DOUBLE) AS diversity, json_extract_string(meta, '$.diversity.reason') AS "
+                  "diversity_reason FROM embeddings WHERE method = ?", [task_method])
     norms = norms.set_index("task_id").reindex(tasks.index)
     tasks["norm"], tasks["diversity"] = norms["norm"], norms["diversity"].astype(float)
+    tasks["diversity_reason"] = norms["diversity_reason"]
     tasks["best_error"] = np.nan
     expert_rows = 0
     if {"experts", "performance"} <= tables:

@@ -298,6 +298,12 @@ def results_table(nearest: pd.DataFrame, experts: pd.DataFrame | None,
     return out.getvalue().encode()
 
 
+def _diversity(meta: dict) -> dict:
+    """The embedding's diversity entry as :func:`explorer.store.diversity_text` takes it."""
+    d = meta.get("diversity") or {}
+    return {"value": d.get("value"), "reason": d.get("reason"), "batch": d.get("batch")}
+
+
 def process(lib: store.Library, files: Sequence[tuple[str, bytes]], folder: Path, probe,
             name: str, on_stage: Callable[[str], None] = lambda s: None,
             progress: Callable[[str, float], None] = lambda s, f: None) -> dict:
@@ -337,7 +343,7 @@ def process(lib: store.Library, files: Sequence[tuple[str, bytes]], folder: Path
     buf.write(tmp.read_bytes())
     return {"name": name, "library": lib.path, "size": task.size, "classes": task.classes,
             "class_counts": task.class_counts(), "norm": fisher.norm,
-            "diversity": fisher.meta.get("diversity"), "nearest": nearest,
+            "diversity": _diversity(fisher.meta), "nearest": nearest,
             "positions": positions, "experts": ranked["experts"], "experts_note": ranked["note"],
             "selector": ranked["selector"], "selector_note": ranked["selector_note"],
             "other_picks": ranked["others"],

@@ -58,8 +58,9 @@ DEFAULT_METHOD = "rademacher"
 # 16 steps, 0.010 at batch 8 and 64 steps, same 500 samples). So a small CPU batch, and
 # at least this many steps where the batch is large (CUDA).
 MIN_FISHER_STEPS = 64
-# The diversity coefficient's batch: images per batch embedding (see ``_montecarlo_fisher``).
-DIVERSITY_BATCH = 64
+# The diversity coefficient's batch: images per batch embedding (see ``_montecarlo_fisher``);
+# a task needs two disjoint batches, 64 images, for a coefficient.
+DIVERSITY_BATCH = 32
 DEFAULT_INPUT_SIZE = 64  # small so that a CPU embeds a 500-image task in seconds
 Progress = Callable[[str, float], None]
 
@@ -475,8 +476,8 @@ class _Embedder:
                     r = residual(logits.softmax(-1), self.generator)
                 grads = torch.autograd.grad((logits * r).sum() / index.numel(), self.weights)
                 torch._foreach_addcmul_(acc, grads, grads, value=float(index.numel()))
-                if (step + 1) % group_steps == 0:
-                    cumulative.append(_per_filter(acc).double())
+                if (step + 1) % group_steps == 0 and (step + 1) * batch <= self.task.size:
+                    cumulative.append(_per_filter(acc).double())  # disjoint: the first epoch
                 if step % 8 == 0 or step == steps - 1:
                     self.progress("fisher", (step + 1) / steps)
         finally:
@@ -489,6 +490,10 @@ class _Embedder:
             batches = torch.diff(sums, dim=0, prepend=torch.zeros_like(sums[:1])) / group_steps
             extra["diversity"] = _diversity(batches.float().cpu().numpy() + self._prior_term(),
                                             group_steps * batch)
+        else:
+            extra["diversity"] = {"value": None, "batch": group_steps * batch, "batches": 0,
+                                  "reason": f"fewer than {2 * group_steps * batch} images: no two "
+                                            f"disjoint batches of {group_steps * batch}"}
         return values, extra
 
     def _variational_fisher(self, head: nn.Linear) -> tuple[np.ndarray, dict]:
@@ -569,7 +574,13 @@ def _per_filter(acc: list[torch.Tensor]) -> torch.Tensor:
 
 def _diversity(batch_embeddings: np.ndarray, batch: int) -> dict:
     """The TASK2VEC diversity coefficient (Miranda et al. 2023) from ``[K, filters]`` embeddings
-    of K disjoint random batches of ``batch`` images: the mean d_sym over the K(K-1)/2 pairs."""
+    of K disjoint random batches of ``batch`` images: the mean d_sym over the K(K-1)/2 pairs.
+
+    The batches are the Fisher pass's consecutive ``batch`` images within its first epoch (a
+    seeded permutation of the task), so no image is in two batches: batches that shared images
+    (a task smaller than the pass) would make a small task look uniform (measured on the demo
+    library with overlapping batches of 64: Spearman 0.87 between coefficient and size; -0.26
+    among the 115 tasks large enough not to overlap)."""
     k = len(batch_embeddings)
     pairs = symmetric_matrix(batch_embeddings, batch_embeddings)[np.triu_indices(k, 1)]
     return {"value": round(float(pairs.mean()), 6), "batch": batch, "batches": k,

@@ -6,6 +6,7 @@ the numbers of the Table 1 analog, and the messages shown when a library lacks a
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import time
 import json
@@ -128,22 +129,41 @@ def test_colour_by_taxonomy_level_and_algorithm_from_the_url(app_library):
     assert set(points(task_map).values()) == groups
     labels = at.selectbox(key="w_color").options
     assert "taxonomy level 3" in labels and "embedding norm" in labels
-    assert "diversity coefficient" in labels
     assert "best-expert test error" not in labels  # no experts in this library
 
 
-@pytest.mark.parametrize("color, column", [
-    ("norm", "norm"), ("diversity", "json_extract(meta, '$.diversity.value')::DOUBLE")])
-def test_colour_by_norm_or_diversity_is_one_continuous_trace(app_library, library, color, column):
-    at = open_app(app_library, color=color)
+def test_colour_by_norm_is_one_continuous_trace(app_library, library):
+    at = open_app(app_library, color="norm")
     traces = charts(at)[0]["data"]
     assert len(traces) == 1 and traces[0]["marker"]["colorscale"]
     con = duckdb.connect(str(app_library), read_only=True)
-    values = dict(con.execute(f"SELECT task_id, {column} FROM embeddings "
-                              "WHERE method='rademacher'").fetchall())
+    norms = dict(con.execute("SELECT task_id, norm FROM embeddings WHERE method='rademacher'").fetchall())
     con.close()
     shown = {cd[0]: c for cd, c in zip(traces[0]["customdata"], arr(traces[0]["marker"]["color"]))}
-    assert shown == pytest.approx(values)
+    assert shown == pytest.approx(norms)
+
+
+def test_colour_by_diversity_where_tasks_have_it(app_library):
+    """The app library's tasks (30 images) are too small for a coefficient: no such colouring.
+    Given coefficients (test values, not measurements) for some tasks, the map colours by them,
+    one continuous trace, and the others are a grey "no value" trace."""
+    from explorer import figures, store as estore
+
+    lib = estore.open_library(app_library)
+    assert lib.tasks["diversity"].isna().all()
+    assert "diversity" not in figures.color_options(lib.tasks)
+    tasks = lib.tasks.copy()
+    given = dict(zip(tasks.index[:5], [0.11, 0.22, 0.15, 0.3, 0.05]))
+    tasks["diversity"] = pd.Series(given).reindex(tasks.index)
+    assert figures.color_options(tasks)["diversity"] == "diversity coefficient"
+    fig = figures.task_map(tasks, lib.map_xy("task", "tsne"), color="diversity")
+    none, coloured = [t for t in fig.data if t.meta == "tasks"]
+    assert none.name == "no value" and {cd[0] for cd in none.customdata} == set(tasks.index[5:])
+    shown = dict(zip([cd[0] for cd in coloured.customdata], coloured.marker.color))
+    assert shown == pytest.approx(given) and coloured.marker.colorscale
+    with_values = dataclasses.replace(lib, tasks=tasks)  # 3 of the 5 given are below 0.2
+    assert (estore.diversity_text(with_values, 0.2, batch=32)
+            == "diversity 0.200 (more than 60% of the library's 5 tasks), batches of 32 images")
 
 
 def test_task_card_from_the_url_shows_nearest_tasks_by_symmetric_distance(app_library, library):
@@ -162,13 +182,8 @@ def test_task_card_from_the_url_shows_nearest_tasks_by_symmetric_distance(app_li
     classes = table(at, "class")
     assert list(classes["class"]) == ["3", "8"] and classes["images"].sum() == 30
     assert any("30 training / 10 test images" in m.value for m in at.markdown)
-    # the diversity coefficient from the embedding's metadata, placed among the library's
-    con = duckdb.connect(str(app_library), read_only=True)
-    div = dict(con.execute("SELECT task_id, json_extract(meta, '$.diversity.value')::DOUBLE "
-                           "FROM embeddings WHERE method = 'rademacher'").fetchall())
-    con.close()
-    share = round(100 * np.mean([d < div[task] for d in div.values()]))
-    assert any(f"diversity {div[task]:.3f} (more than {share}% of the library's {N_TASKS} tasks)"
+    # 30 training images: too few for two disjoint batches of the diversity coefficient
+    assert any("diversity not defined: fewer than 64 images: no two disjoint batches of 32"
                in m.value for m in at.markdown)
     assert any("no experts yet" in i.value for i in at.info)
     # the selected task is ringed on both maps: in the browser (the maps sent do not change
@@ -604,6 +619,10 @@ def test_the_example_upload_is_three_footwear_classes_from_the_test_split(app_li
     assert result["size"] == 180 and result["classes"] == ["Ankle_boot", "Sandal", "Sneaker"]
     # the library's footwear tasks (5 vs 7: sandal vs sneaker, 7 vs 9: sneaker vs ankle boot)
     assert set(result["nearest"].index[:2]) == {"fashion/5-vs-7", "fashion/7-vs-9"}
+    # 180 images: five disjoint batches of 32 (none of the library's tasks has a coefficient)
+    div = result["diversity"]
+    assert div["batch"] == 32 and 0 < div["value"] < 1 and div["reason"] is None
+    assert estore.diversity_text(lib, **div) == f"diversity {div['value']:.3f}, batches of 32 images"
 
 
 def test_the_example_upload_names_the_package_when_fashion_mnist_is_missing(tmp_path):
@@ -630,10 +649,8 @@ def test_upload_is_placed_among_its_nearest_tasks(app_library, digits, tmp_path)
     assert result["positions"]["task"]["tsne"] == pytest.approx(tuple(expect))
     assert set(result["positions"]) == {"task", "domain"}
     assert result["experts"] is None and "no experts yet" in result["experts_note"]
-    assert result["diversity"]["batches"] == 8 and 0 < result["diversity"]["value"] < 1
-    text = estore.diversity_text(lib, result["diversity"])
-    assert text.startswith(f"diversity {result['diversity']['value']:.3f} (more than ")
-    assert text.endswith(f"of the library's {N_TASKS} tasks), batches of 64 images")
+    assert result["diversity"] == {"value": None, "batch": 32, "reason": "fewer than 64 images: "
+                                   "no two disjoint batches of 32"}  # 60 images
     # the embedding file round-trips and is the library's kind of embedding
     from precompute import TaskEmbedding
 

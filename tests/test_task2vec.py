@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from precompute import EmbedConfig, TaskEmbedding, distances, embed, embed_methods, probes
 from precompute.errors import Task2VecError
 from precompute.task2vec import RESIDUALS, _Embedder, rademacher_residual
-from precompute.tasks import task_from_arrays
+from precompute.tasks import TaskData, task_from_arrays
 
 from conftest import SIDE, constant_task, tiny_probe
 
@@ -131,25 +131,38 @@ def test_embedding_properties_on_real_tasks(digits, fashion, digits_task, lite0)
     assert norms == sorted(norms), norms  # harder task, larger embedding (paper Fig. 2 right)
 
 
-def test_diversity_is_the_mean_distance_between_the_fisher_pass_batch_embeddings(digits_task,
-                                                                                monkeypatch):
-    """The coefficient's batch embeddings are the Fisher pass cut into consecutive batches of
-    DIVERSITY_BATCH images: they average to the embedding itself, and the coefficient is their
-    mean pairwise d_sym (by the formula, pair by pair)."""
+def test_diversity_is_the_mean_distance_between_disjoint_batch_embeddings(digits_task,
+                                                                         monkeypatch):
+    """The coefficient's batch embeddings are the Fisher pass's first epoch cut into
+    consecutive batches of DIVERSITY_BATCH images: with a pass of exactly one epoch they average
+    to the embedding itself, and the coefficient is their mean pairwise d_sym (by the formula,
+    pair by pair). A task without two disjoint batches gets none, and says why."""
     from precompute import task2vec
 
     seen = []
     original = task2vec._diversity
     monkeypatch.setattr(task2vec, "_diversity", lambda b, n: seen.append(b) or original(b, n))
-    e = embed(digits_task, tiny_probe(), method="rademacher", input_size=SIDE, seed=0,
-              batch_size=8, fisher_samples=640)
+    task = TaskData("digits", digits_task.images[:288], digits_task.labels[:288],
+                    digits_task.classes, "<memory>")
+    e = embed(task, tiny_probe(), method="rademacher", input_size=SIDE, seed=0, batch_size=8,
+              fisher_samples=288)
     [batches] = seen
-    assert batches.shape == (10, e.values.size)  # 80 steps of 8 images, 8 steps a batch
+    assert batches.shape == (9, e.values.size)  # 36 steps of 8 images, 4 steps a batch
     np.testing.assert_allclose(batches.mean(0), e.values, rtol=1e-4)
-    pairs = [distances.symmetric(batches[i], batches[j]) for i in range(10) for j in range(i)]
+    pairs = [distances.symmetric(batches[i], batches[j]) for i in range(9) for j in range(i)]
     assert e.meta["diversity"] == {"value": pytest.approx(np.mean(pairs), abs=1e-6),
-                                   "batch": 64, "batches": 10, "distance": "d_sym"}
+                                   "batch": 32, "batches": 9, "distance": "d_sym"}
     assert 0 < e.meta["diversity"]["value"] < 1
+    # two passes over 300 images: only the first epoch's 9 batches count (no image twice)
+    seen.clear()
+    e = embed(digits_task, tiny_probe(), method="rademacher", input_size=SIDE, seed=0,
+              batch_size=8, fisher_samples=600)
+    assert len(seen[0]) == 9 and e.meta["diversity"]["batches"] == 9
+    small = TaskData("small", digits_task.images[:63], digits_task.labels[:63],
+                     digits_task.classes, "<memory>")
+    e = embed(small, tiny_probe(), method="rademacher", input_size=SIDE, seed=0)
+    assert e.meta["diversity"] == {"value": None, "batch": 32, "batches": 0, "reason":
+                                   "fewer than 64 images: no two disjoint batches of 32"}
 
 
 def test_diversity_orders_two_classes_below_ten_of_the_same_pool(lite0):

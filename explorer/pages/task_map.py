@@ -103,7 +103,8 @@ if task and task in tasks.index:
             st.markdown(f"- {row['num_train']:,} training / {row['num_test']:,} test images\n"
                         f"- {len(row['classes'])} classes\n"
                         f"- embedding norm {row['norm']:.4g}\n"
-                        f"- {store.diversity_text(lib, row['diversity'])}"
+                        "- " + store.diversity_text(lib, row["diversity"],
+                                                           reason=row["diversity_reason"])
                         + (f"\n- best-expert error {100 * row['best_error']:.1f}%"
                            if pd.notna(row["best_error"]) else ""))
             counts = pd.DataFrame({"class": row["classes"], "images": row["class_counts"]})
