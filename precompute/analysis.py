@@ -10,10 +10,14 @@
   related tasks, with TASK2VEC and with the domain embedding; for the whole family, and for
   its branch of tasks drawn from one image pool, where only the labels differ (the paper's
   iMaterialist setting, where the domain embedding cannot tell tasks apart).
+- Diversity (Miranda et al. 2023, stored by the Fisher pass): its distribution per family and
+  its rank correlation with what a task's diversity should not simply be, its size, and with
+  what it may follow, its number of classes and its embedding's norm.
 """
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 
 import duckdb
@@ -173,7 +177,48 @@ def report(path, k: int = 5, draws: int = 1000, seed: int = 0) -> dict:
         sub = view.subset(family, branch)
         if len(sub.ids) >= k + 1 and any(sub.related):
             out[key] = _related_check(sub, k) | {"family": family, "branch": branch}
+    div = diversity(path)
+    if div is not None:
+        out["diversity"] = div
     return out
+
+
+def diversity(path) -> dict | None:
+    """The diversity coefficients of a library file: how many tasks have one (and why the others
+    do not), their quartiles per family, and Spearman rho against log(train images), the number
+    of classes and the embedding's L1 norm, over all tasks with a value and within each family.
+    None for a file without coefficients."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        method = store.task_method(store.get_info(con))
+        rows = con.execute(
+            "SELECT t.family, t.num_train, len(t.classes), e.norm, "
+            "TRY_CAST(json_extract(e.meta, '$.diversity.value') AS DOUBLE), "
+            "json_extract_string(e.meta, '$.diversity.reason') "
+            "FROM tasks t JOIN embeddings e USING (task_id) WHERE e.method = ? "
+            "AND json_extract(e.meta, '$.diversity') IS NOT NULL ORDER BY t.task_id",
+            [method]).fetchall()
+    finally:
+        con.close()
+    if not rows:
+        return None
+    undefined = Counter(r[5] or "no reason recorded" for r in rows if r[4] is None)
+    valued = [r for r in rows if r[4] is not None]
+
+    def summary(part: list) -> dict:
+        div = np.array([r[4] for r in part])
+        out = {"tasks": len(part), "quartiles": [float(q) for q in np.quantile(div, [0, .25, .5, .75, 1])]}
+        if len(part) >= 5:
+            for key, col in (("size", np.log([r[1] for r in part])), ("classes", [r[2] for r in part]),
+                             ("norm", [r[3] for r in part])):
+                if np.ptp(col) > 0 and np.ptp(div) > 0:  # a constant has no rank correlation
+                    out[key] = float(spearmanr(div, col).statistic)
+        return out
+
+    families = sorted({r[0] for r in valued})
+    return {"method": method, "tasks": len(rows), "undefined": dict(undefined),
+            "all": summary(valued) if valued else None,
+            "families": {f: summary([r for r in valued if r[0] == f]) for f in families}}
 
 
 def _related_check(sub: LibraryView, k: int) -> dict:
@@ -226,4 +271,22 @@ def markdown(result: dict) -> str:
         if "domain" in s:
             lines.append(f"| domain embedding (cosine) | {s['domain']:.3f} |")
         lines += [f"| chance | {s['chance']:.3f} |", ""]
+    if result.get("diversity"):
+        lines += _diversity_markdown(result["diversity"])
     return "\n".join(lines)
+
+
+def _diversity_markdown(d: dict) -> list[str]:
+    def rho(s, key):
+        return f"{s[key]:.3f}" if key in s else ""
+
+    lines = [f"### Diversity coefficient ({d['tasks']} tasks with the coefficient's record)", "",
+             "| tasks | n | min | quartile 1 | median | quartile 3 | max | "
+             "rho with log size | with classes | with norm |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in [("all", d["all"])] + list(d["families"].items()):
+        if s:
+            q = s["quartiles"]
+            lines.append(f"| {name} | {s['tasks']} | " + " | ".join(f"{v:.3f}" for v in q)
+                         + f" | {rho(s, 'size')} | {rho(s, 'classes')} | {rho(s, 'norm')} |")
+    lines += [""] + [f"- no value for {n} tasks: {reason}" for reason, n in d["undefined"].items()]
+    return lines + [""]

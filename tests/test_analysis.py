@@ -103,3 +103,45 @@ def test_report_checks_the_emoji_taxonomy_and_its_shared_images(tmp_path):
     assert "shared_domain" not in out and "one_pool" not in out
     text = analysis.markdown(out)
     assert "Taxonomy (emoji, 12 tasks)" in text and "Shared images" in text
+
+
+def test_diversity_summary_counts_the_undefined_and_correlates_with_size(tmp_path):
+    """Eight tasks whose coefficient grows with their size and falls with their norm, and one
+    too small for a coefficient: the summary must say so, number for number."""
+    import json
+
+    import duckdb
+
+    rng = np.random.default_rng(1)
+    sizes = [64, 100, 200, 400, 800, 1600, 3200, 6400]
+    tasks = [(f"fashion/t{i}", "fashion_mnist", ("fashion", "x"), [], n) for i, n in enumerate(sizes)]
+    tasks.append(("fashion/small", "fashion_mnist", ("fashion", "x"), [], 30))
+    db = tmp_path / "lib.duckdb"
+    _library_file(db, tasks, rng.uniform(1, 2, (9, 16)).astype(np.float32),
+                  rng.uniform(0, 1, (9, 16)).astype(np.float32))
+    con = duckdb.connect(str(db))
+    for i, n in enumerate(sizes):
+        con.execute("UPDATE embeddings SET norm = ?, meta = ? WHERE task_id = ? AND method = 'rademacher'",
+                    [1000.0 - n / 10, json.dumps({"diversity": {"value": 0.1 + i / 100, "batch": 32}}),
+                     f"fashion/t{i}"])
+    con.execute("UPDATE embeddings SET meta = ? WHERE task_id = 'fashion/small' AND method = 'rademacher'",
+                [json.dumps({"diversity": {"value": None, "batch": 32, "reason": "too few"}})])
+    con.close()
+    d = analysis.report(db, draws=0)["diversity"]
+    assert d["tasks"] == 9 and d["undefined"] == {"too few": 1}
+    s = d["all"]
+    assert s["tasks"] == 8 and s["quartiles"][0] == pytest.approx(0.1) and s["quartiles"][-1] == pytest.approx(0.17)
+    assert s["size"] == pytest.approx(1.0) and s["norm"] == pytest.approx(-1.0)
+    assert "classes" not in s  # every task has 2 classes: no rank correlation
+    assert d["families"]["fashion_mnist"]["tasks"] == 8
+    text = analysis.markdown(analysis.report(db, draws=0))
+    assert "Diversity coefficient (9 tasks" in text and "no value for 1 tasks: too few" in text
+
+
+def test_a_file_without_diversity_has_no_diversity_summary(tmp_path):
+    rng = np.random.default_rng(2)
+    tasks = [(f"fashion/t{i}", "fashion_mnist", ("fashion", "x"), [], 100) for i in range(6)]
+    db = tmp_path / "lib.duckdb"
+    _library_file(db, tasks, rng.uniform(1, 2, (6, 16)).astype(np.float32),
+                  rng.uniform(0, 1, (6, 16)).astype(np.float32))
+    assert analysis.diversity(db) is None and "diversity" not in analysis.report(db, draws=0)
