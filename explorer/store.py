@@ -38,20 +38,34 @@ def expert_hint(lib: "Library") -> str:
             "work without them")
 
 
+SIMILAR_SIZE_MIN = 10  # library tasks of a similar size that diversity_text compares with
+
+
 def diversity_text(lib: "Library", value: float | None, *, reason: str | None = None,
-                   batch: int | None = None) -> str:
+                   batch: int | None = None, size: int | None = None) -> str:
     """The diversity coefficient in words: its value and where it falls among the library's
-    tasks, or why there is none (``reason``: the embedding's, e.g. too few images)."""
+    tasks, or why there is none (``reason``: the embedding's, e.g. too few images).
+
+    With the task's ``size`` (training images) it is placed among the library tasks of half to
+    twice that size when there are at least ``SIMILAR_SIZE_MIN`` of them: the coefficient
+    follows task size (docs/RESULTS.md, "Dataset diversity"), so tasks of similar size are the
+    fair comparison."""
     if value is None or not np.isfinite(value):
         if isinstance(reason, str) and reason:
             return f"diversity not defined: {reason}"
         return ("no diversity coefficient (embedded before it: `python -m precompute build` "
                 "with the library's settings adds it)")
-    others = lib.tasks["diversity"].dropna()
+    valued = lib.tasks[lib.tasks["diversity"].notna()]
+    others, among = valued["diversity"], f"the library's {len(valued)} tasks"
+    if size:
+        similar = valued[valued["num_train"].between(size / 2, size * 2)]
+        if len(similar) >= SIMILAR_SIZE_MIN:
+            others = similar["diversity"]
+            among = (f"the library's {len(similar)} tasks of {similar['num_train'].min():,} to "
+                     f"{similar['num_train'].max():,} training images")
     text = f"diversity {value:.3f}"
     if len(others):
-        share = float((others < value).mean())
-        text += f" (more than {100 * share:.0f}% of the library's {len(others)} tasks)"
+        text += f" (more than {100 * float((others < value).mean()):.0f}% of {among})"
     if batch:
         text += f", batches of {batch} images"
     return text

@@ -166,6 +166,24 @@ def test_colour_by_diversity_where_tasks_have_it(app_library):
             == "diversity 0.200 (more than 60% of the library's 5 tasks), batches of 32 images")
 
 
+def test_diversity_is_placed_among_tasks_of_similar_size_when_there_are_enough(app_library):
+    """Twelve tasks of 100 to 155 images with low coefficients and eight of 1,000 with high ones:
+    a 120-image task is compared with the twelve (the coefficient follows size); with fewer than
+    ten of a similar size, with all."""
+    from explorer import store as estore
+
+    lib = estore.open_library(app_library)
+    tasks = pd.DataFrame({"num_train": [100 + 5 * i for i in range(12)] + [1000] * 8,
+                          "diversity": [0.10 + 0.01 * i for i in range(12)] + [0.30] * 8},
+                         index=[f"t{i}" for i in range(20)])
+    lib = dataclasses.replace(lib, tasks=tasks)
+    assert (estore.diversity_text(lib, 0.135, size=120)  # above 0.10 .. 0.13 of the twelve
+            == "diversity 0.135 (more than 33% of the library's 12 tasks of 100 to 155 training images)")
+    assert (estore.diversity_text(lib, 0.135, size=1000)  # only eight of 500 to 2,000: all twenty
+            == "diversity 0.135 (more than 20% of the library's 20 tasks)")
+    assert estore.diversity_text(lib, 0.135) == "diversity 0.135 (more than 20% of the library's 20 tasks)"
+
+
 def test_task_card_from_the_url_shows_nearest_tasks_by_symmetric_distance(app_library, library):
     task = "digits/3-vs-8"
     at = open_app(app_library, task=task)

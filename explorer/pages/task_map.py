@@ -104,7 +104,8 @@ if task and task in tasks.index:
                         f"- {len(row['classes'])} classes\n"
                         f"- embedding norm {row['norm']:.4g}\n"
                         "- " + store.diversity_text(lib, row["diversity"],
-                                                           reason=row["diversity_reason"])
+                                                           reason=row["diversity_reason"],
+                                                           size=row["num_train"])
                         + (f"\n- best-expert error {100 * row['best_error']:.1f}%"
                            if pd.notna(row["best_error"]) else ""))
             counts = pd.DataFrame({"class": row["classes"], "images": row["class_counts"]})

@@ -112,7 +112,7 @@ if result and result.get("library") != lib.path:
 if result:
     st.subheader(f"{result['name']}: {result['size']} images, {len(result['classes'])} classes")
     st.caption(f"Embedding norm {result['norm']:.4g} · "
-               f"{store.diversity_text(lib, **result['diversity'])} · "
+               f"{store.diversity_text(lib, **result['diversity'], size=result['size'])} · "
                f"loaded in {result['seconds']['load']:.1f} s, "
                f"embedded in {result['seconds']['embed']:.1f} s" + _waited(result, " · "))
     near, exp = st.columns(2)
