@@ -152,12 +152,15 @@ def embed_methods_for(lib: store.Library) -> tuple[str, ...]:
 
 
 def embed_task(task, lib: store.Library, probe, progress: Callable[[str, float], None]) -> dict:
-    """Embed a loaded task exactly as the library's tasks were (probe, methods, size, seed)."""
+    """Embed a loaded task exactly as the library's tasks were (probe, methods, size, seed,
+    head)."""
     from precompute import embed_methods
+    from precompute.store import head_options
 
     return embed_methods(task, probe, methods=embed_methods_for(lib),
                          input_size=int(lib.info.get("input_size", 64)),
-                         seed=int(lib.info.get("seed", 0)), progress=progress)
+                         seed=int(lib.info.get("seed", 0)), progress=progress,
+                         **head_options(lib.info))
 
 
 def place(dist: pd.Series, xy: pd.DataFrame, k: int = NEIGHBOURS) -> tuple[float, float] | None:

@@ -26,7 +26,8 @@ from . import distances, selection, store
 from .errors import Task2VecError
 from .libraries import TaskSpec, task_data
 from .probes import DEFAULT_PROBE, create
-from .task2vec import DEFAULT_INPUT_SIZE, DEFAULT_METHOD, FISHER_METHODS, METHODS, embed_methods, _versions
+from .task2vec import (DEFAULT_INPUT_SIZE, DEFAULT_METHOD, FISHER_METHODS, METHODS, EmbedConfig,
+                       embed_methods, _versions)
 
 THUMBNAILS_PER_TASK = 6
 
@@ -66,6 +67,7 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
     probe_net = _probe(probe)
     settings = {"library": library, "probe": probe, "methods": list(methods),
                 "input_size": input_size, "seed": seed, "filters": probe_net.num_filters,
+                **{k: getattr(EmbedConfig, k) for k in store.LEGACY_HEAD},
                 "layers": [[n, m.weight.shape[0]] for n, m in probe_net.filter_layers()]}
     if not work.exists() and _built_with(db, settings):
         # A library that grew: start from the published file (its experts and matrix
@@ -81,10 +83,11 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
         started = datetime.now(timezone.utc)
         done = store.done_task_ids(con)
         todo = [s for s in specs if s.task_id not in done]
-        seconds = _embed_tasks(con, todo, probe, methods, input_size, device, seed, progress,
-                               executor)
-        filled = _fill_diversity(con, specs, probe, methods, input_size, device, seed, progress,
-                                 executor)
+        head = store.head_options(settings)
+        seconds = _embed_tasks(con, todo, probe, methods, input_size, device, seed, head,
+                               progress, executor)
+        filled = _fill_diversity(con, specs, probe, methods, input_size, device, seed, head,
+                                 progress, executor)
         if todo:  # new tasks make the stored model-selection evaluation stale
             selection.drop_evaluation(con)
         _compute_maps(con, methods, maps, seed, progress)
@@ -108,7 +111,7 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
     return db
 
 
-_RESUME_KEYS = ("library", "probe", "methods", "input_size", "seed")
+_RESUME_KEYS = ("library", "probe", "methods", "input_size", "seed", *store.LEGACY_HEAD)
 
 
 def _built_with(db: Path, settings: dict) -> bool:
@@ -165,17 +168,19 @@ def _probe(name: str):
     return create(name)
 
 
-def _load_unit(spec: TaskSpec, probe: str, methods, input_size: int, device: str, seed: int):
+def _load_unit(spec: TaskSpec, probe: str, methods, input_size: int, device: str, seed: int,
+               head: dict):
     return _load_task(spec, input_size)
 
 
 def embed_task(spec: TaskSpec, probe: str, methods: Sequence[str], input_size: int, device: str,
-               seed: int, loaded=None) -> dict:
+               seed: int, head: dict, loaded=None) -> dict:
     """The build's unit: one task's rows (task row, embeddings, thumbnails), from its spec and
-    the build's settings; the images are read here (``loaded``: already decoded)."""
+    the build's settings (``head``: :func:`store.head_options`); the images are read here
+    (``loaded``: already decoded)."""
     train, num_test = loaded or _load_task(spec, input_size)
     embeddings = embed_methods(train, _probe(probe), methods=methods, input_size=input_size,
-                               device=device, seed=task_seed(seed, spec.task_id))
+                               device=device, seed=task_seed(seed, spec.task_id), **head)
     task_row = {"task_id": spec.task_id, "family": spec.family, "name": spec.name,
                 "taxonomy": spec.taxonomy, "classes": train.classes,
                 "class_counts": train.class_counts(), "num_train": train.size,
@@ -184,11 +189,12 @@ def embed_task(spec: TaskSpec, probe: str, methods: Sequence[str], input_size: i
 
 
 def _embed_tasks(con, todo: Sequence[TaskSpec], probe: str, methods, input_size: int, device: str,
-                 seed: int, progress: bool, executor=None) -> float:
+                 seed: int, head: dict, progress: bool, executor=None) -> float:
     from .engine import LOCAL, Unit
 
     t_start = time.perf_counter()
-    units = [Unit(s.task_id, (s, probe, list(methods), input_size, device, seed)) for s in todo]
+    units = [Unit(s.task_id, (s, probe, list(methods), input_size, device, seed, head))
+             for s in todo]
     # Each task is committed as it arrives (any order: rows are keyed by task id). Locally the
     # next task is decoded in a background thread while this one is embedded, so the device
     # never waits for image decoding (PIL and numpy release the GIL).
@@ -199,7 +205,7 @@ def _embed_tasks(con, todo: Sequence[TaskSpec], probe: str, methods, input_size:
 
 
 def _fill_diversity(con, specs: Sequence[TaskSpec], probe: str, methods, input_size: int,
-                    device: str, seed: int, progress: bool, executor=None) -> dict:
+                    device: str, seed: int, head: dict, progress: bool, executor=None) -> dict:
     """The diversity coefficient for tasks embedded before the build computed it.
 
     Each such task's Fisher embedding is computed again exactly as it was (same settings and
@@ -212,7 +218,7 @@ def _fill_diversity(con, specs: Sequence[TaskSpec], probe: str, methods, input_s
 
     method = next(m for m in methods if m in FISHER_METHODS)
     missing = store.without_diversity(con, method)
-    units = [Unit(s.task_id, (s, probe, [method], input_size, device, seed)) for s in specs
+    units = [Unit(s.task_id, (s, probe, [method], input_size, device, seed, head)) for s in specs
              if s.task_id in missing]
     if not units:
         return {}

@@ -90,6 +90,26 @@ def task_method(info: dict) -> str:
     return next((m for m in info.get("methods") or () if m != "domain"), "montecarlo")
 
 
+# The head settings a library records since 2026-12-02 (``build`` writes EmbedConfig's
+# defaults). A file without them was embedded with the head of before: one head fitted on all
+# of the task's images, L2 weight 1e-3.
+LEGACY_HEAD = {"head_l2": 1e-3, "head_folds": 0}
+
+
+def head_options(info: dict) -> dict:
+    """The EmbedConfig head fields a library's tasks were embedded with: an upload or a user's
+    task embedded with them is comparable with the library's tasks."""
+    return {k: info.get(k, legacy) for k, legacy in LEGACY_HEAD.items()}
+
+
+def head_text(info: dict) -> str:
+    """The library's head regime in words, for captions."""
+    head = head_options(info)
+    if head["head_folds"] > 1:
+        return f"cross-fitted heads ({head['head_folds']} folds, L2 {head['head_l2']:g})"
+    return f"one head scored in-sample (L2 {head['head_l2']:g})"
+
+
 def done_task_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0] for r in con.execute("SELECT task_id FROM tasks").fetchall()}
 

@@ -293,7 +293,8 @@ def _training_embedding(con, info: dict, trained_on: str, progress: bool) -> tup
     size = int(info["input_size"])
     task = load_task(trained_on, input_size=size)
     emb = embed_methods(task, info["probe"], methods=[method], input_size=size,
-                        seed=int(info.get("seed", 0)), progress=progress)[method]
+                        seed=int(info.get("seed", 0)), progress=progress,
+                        **store.head_options(info))[method]
     return (emb.values.astype(np.float32), [],
             {"path": str(Path(trained_on).resolve()), "images": task.size,
              "classes": task.num_classes, "method": method, "seed": int(info.get("seed", 0))})

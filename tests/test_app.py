@@ -380,14 +380,20 @@ def test_shipped_library_pages_show_its_real_matrix_and_table1():
 
 def test_a_library_built_with_sampled_labels_says_so_and_uploads_use_its_method(app_library,
                                                                               tmp_path):
-    """A file built with the paper's montecarlo estimator (as data/demo.duckdb was before the
-    Rademacher default) opens as before, names its estimator, and an upload into it is embedded
-    with montecarlo, so that its distances to the library's tasks stay comparable. The file is
-    the test library with its Fisher method renamed: what is tested is what the app reads."""
+    """A file built with the paper's montecarlo estimator and the in-sample head (as
+    data/demo.duckdb was before 2026-12-01, with no head settings recorded) opens as before,
+    names its estimator and head, and an upload into it is embedded with montecarlo and that
+    head, so that its distances to the library's tasks stay comparable. The file is the test
+    library with its Fisher method renamed and its head settings removed: what is tested is what
+    the app reads."""
     import json
     import shutil
 
     from explorer import store as lib_store, upload
+    from precompute import EmbedConfig
+    from precompute.tasks import task_from_arrays
+
+    from conftest import SIDE, tiny_probe
 
     db = tmp_path / "montecarlo.duckdb"
     shutil.copy(app_library, db)
@@ -395,11 +401,21 @@ def test_a_library_built_with_sampled_labels_says_so_and_uploads_use_its_method(
     con.execute("UPDATE embeddings SET method = 'montecarlo' WHERE method = 'rademacher'")
     con.execute("UPDATE library_info SET value = ? WHERE key = 'methods'",
                 [json.dumps(["montecarlo", "domain"])])
+    con.execute("DELETE FROM library_info WHERE key LIKE 'head_%'")
     con.close()
     at = open_app(db)
-    assert "montecarlo Fisher embedding" in at.caption[0].value
-    assert upload.embed_methods_for(lib_store.open_library(db)) == ("montecarlo", "domain")
-    assert upload.embed_methods_for(lib_store.open_library(app_library)) == ("rademacher", "domain")
+    assert "montecarlo Fisher embedding, one head scored in-sample (L2 0.001)" in at.caption[0].value
+    old, new = lib_store.open_library(db), lib_store.open_library(app_library)
+    assert upload.embed_methods_for(old) == ("montecarlo", "domain")
+    assert upload.embed_methods_for(new) == ("rademacher", "domain")
+    assert (f"cross-fitted heads ({EmbedConfig.head_folds} folds, L2 {EmbedConfig.head_l2:g})"
+            in open_app(app_library).caption[0].value)
+    images = np.random.default_rng(0).integers(0, 255, (24, SIDE, SIDE), dtype=np.uint8)
+    task = task_from_arrays(images, [0, 1] * 12, input_size=SIDE)
+    for lib, method, folds, l2 in ((old, "montecarlo", 0, 1e-3),
+                                   (new, "rademacher", EmbedConfig.head_folds, EmbedConfig.head_l2)):
+        config = upload.embed_task(task, lib, tiny_probe(), lambda *a: None)[method].meta["config"]
+        assert (config["head_folds"], config["head_l2"]) == (folds, l2)
 
 
 @pytest.mark.parametrize("page", ["difficulty", "selection", "card"])

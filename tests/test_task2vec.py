@@ -23,8 +23,8 @@ def exact_fisher(probe, head, images: torch.Tensor) -> np.ndarray:
     for w in weights:
         w.requires_grad_(True)
     acc = [torch.zeros_like(w) for w in weights]
-    for x in probe.normalize(images):
-        log_p = F.log_softmax(head(probe.backbone(x[None])), -1)[0]
+    for i, x in enumerate(probe.normalize(images)):
+        log_p = F.log_softmax(head(probe.backbone(x[None]), torch.tensor([i])), -1)[0]
         for y, p in enumerate(log_p.exp().tolist()):
             grads = torch.autograd.grad(log_p[y], weights, retain_graph=True)
             for a, g in zip(acc, grads):
@@ -64,26 +64,54 @@ def test_rademacher_residual_has_the_fisher_second_moment():
 
 
 def test_rademacher_is_far_less_noisy_than_sampled_labels_on_a_confident_head(digits, lite0):
-    """Same samples, same batches: the seed-to-seed spread of the per-filter estimate."""
+    """Same head, samples and batches; only the estimator's draws differ from seed to seed: the
+    seed-to-seed spread of the per-filter estimate. The head is the most confident regime, one
+    head scored on the images it was fitted on (with the default cross-fitted heads the spreads
+    are 0.36 and 0.20)."""
     images, labels = digits
     task = task_from_arrays(images[:60], labels[:60] % 2, input_size=SIDE)
+    run = _Embedder(task, lite0, EmbedConfig(input_size=SIDE, fisher_samples=240, batch_size=8,
+                                             head_folds=0, head_l2=1e-3), lambda *a: None)
+    head = run._train_head(run._feature_pass(False)[0])
+    # most sampled labels are the predicted one
+    p = head(run.probe.backbone(run.probe.normalize(task.images)), torch.arange(task.size))
+    assert p.softmax(-1).max(-1).values.mean() > 0.9
     spread = {}
     for method in ("montecarlo", "rademacher"):
         runs = []
         for seed in range(4):
-            run = _Embedder(task, lite0, EmbedConfig(input_size=SIDE, seed=seed,
-                                                     fisher_samples=240, batch_size=8),
-                            lambda *a: None)
-            head = run._train_head(run._feature_pass(False)[0])
+            run.generator = torch.Generator().manual_seed(seed)
             runs.append(run._montecarlo_fisher(head, RESIDUALS[method])[0] - run._prior_term())
-        if method == "montecarlo":  # the head is confident: most sampled labels are predicted
-            p = head(run.probe.backbone(run.probe.normalize(task.images))).softmax(-1)
-            assert p.max(-1).values.mean() > 0.9
         runs = np.stack(runs)
         used = runs.mean(0) > 0  # at 32 px some filters of lite0 have an exactly zero Fisher
         spread[method] = float((runs.std(0)[used] / runs.mean(0)[used]).mean())
     print(spread)  # measured: montecarlo 1.4, rademacher 0.2
     assert spread["rademacher"] * 3 < spread["montecarlo"], spread
+
+
+def test_cross_fitted_heads_score_each_image_without_having_seen_it(digits, lite0):
+    """With random labels, one head fitted on all images predicts each image's own label (it has
+    memorised it); the cross-fitted heads (the default), each scoring only images it was not
+    fitted on, are not above chance (0.2). Their folds are class-stratified."""
+    images, _ = digits
+    rng = np.random.default_rng(0)
+    task = task_from_arrays(images[:150], rng.integers(0, 5, 150), input_size=SIDE)
+    own = {}
+    for folds in (0, EmbedConfig.head_folds):
+        run = _Embedder(task, lite0, EmbedConfig(input_size=SIDE, head_folds=folds),
+                        lambda *a: None)
+        features = run._feature_pass(False)[0]
+        head = run._train_head(features)
+        p = head(features, torch.arange(task.size)).softmax(-1)
+        own[folds] = float(p[torch.arange(task.size), task.labels].mean())
+    print(own)
+    for c in range(task.num_classes):
+        per_fold = torch.bincount(head.fold[task.labels == c], minlength=EmbedConfig.head_folds)
+        assert per_fold.max() - per_fold.min() <= 1
+    # measured 0.46 and 0.18 (a held-out image is a little below chance: its class's other
+    # images, which the head saw, are not it)
+    assert own[EmbedConfig.head_folds] < 0.22, own
+    assert own[0] > own[EmbedConfig.head_folds] + 0.2, own
 
 
 def test_same_seed_reproduces_and_probe_is_not_modified(digits_task, lite0):

@@ -16,7 +16,8 @@ ALGO_NAMES = {"tsne": "t-SNE", "umap": "UMAP"}
 
 st.title("Task map")
 st.caption(f"**{lib.name}**: {len(tasks):,} tasks in {len(lib.families)} families · probe "
-           f"{lib.info.get('probe', '?')} · {lib.task_method} Fisher embedding")
+           f"{lib.info.get('probe', '?')} · {lib.task_method} Fisher embedding, "
+           f"{store.pstore.head_text(lib.info)}")
 
 algorithms = lib.algorithms()
 if not algorithms:
