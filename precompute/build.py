@@ -45,7 +45,8 @@ def build_library(specs: Sequence[TaskSpec], db: str | os.PathLike, *, library: 
     """Embed ``specs`` into the DuckDB file ``db``, published atomically.
 
     If ``db`` is a library built with the same settings (library, probe, methods, input size,
-    seed), it is extended: only tasks not in it are embedded, the maps are recomputed, and its
+    seed, head: EmbedConfig's ``head_folds`` and ``head_l2``, recorded in ``library_info``), it
+    is extended: only tasks not in it are embedded, the maps are recomputed, and its
     experts and performance matrix are kept (the ``matrix`` stage then fills the new tasks'
     rows); otherwise ``db`` is replaced by a fresh build. ``executor`` (precompute.engine) runs
     the per-task units (:func:`embed_task`), in this process by default.
