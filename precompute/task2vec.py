@@ -101,8 +101,8 @@ class EmbedConfig:
             (libraries built before 2026-12-02).
         head_calibration: divide the head's logits by a held-out temperature (measured worse,
             off; see ``_train_head``).
-        head_adam_steps: if > 0, train the head like the reference (Adam, lr 4e-4, batch 64)
-            for this many steps instead of L-BFGS to convergence (an early-stopped head;
+        head_adam_steps: if > 0 (and ``head_folds`` <= 1), train the head like the reference
+            (Adam, lr 4e-4, batch 64) for this many steps instead of L-BFGS to convergence (an early-stopped head;
             docs/RESULTS.md has its slice numbers).
         beta, prior_variance, prior_samples: the variational prior's weight ``beta``, variance
             ``lambda^2`` and sample count N0 (section 3.1); they set the trivial embedding
