@@ -66,8 +66,9 @@ def main() -> None:
     ap.add_argument("--head-l2-images", type=int,
                     help="scale the head's L2 weight as head_l2 * this / task size")
     ap.add_argument("--head-calibration", action="store_true")
-    ap.add_argument("--head-folds", type=int, default=0,
-                    help="score each image with a head fitted on the other folds")
+    ap.add_argument("--head-folds", type=int,
+                    help="score each image with a head fitted on the other folds (0: one head, "
+                         "in-sample; default: EmbedConfig's)")
     ap.add_argument("--head-adam-steps", type=int, default=0,
                     help="train the head with the reference's Adam for this many steps")
     ap.add_argument("--tenfold", type=int, default=5)
@@ -81,7 +82,7 @@ def main() -> None:
         options["head_l2"] = args.head_l2
     if args.head_l2_images:
         options["head_l2_images"] = args.head_l2_images
-    if args.head_folds:
+    if args.head_folds is not None:
         options["head_folds"] = args.head_folds
     if args.head_calibration:
         options["head_calibration"] = True
