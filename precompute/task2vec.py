@@ -102,8 +102,8 @@ class EmbedConfig:
         head_calibration: divide the head's logits by a held-out temperature (measured worse,
             off; see ``_train_head``).
         head_adam_steps: if > 0 (and ``head_folds`` <= 1), train the head like the reference
-            (Adam, lr 4e-4, batch 64) for this many steps instead of L-BFGS to convergence (an early-stopped head;
-            docs/RESULTS.md has its slice numbers).
+            (Adam, lr 4e-4, batch 64) for this many steps instead of L-BFGS to convergence (an
+            early-stopped head; docs/RESULTS.md has its slice numbers).
         beta, prior_variance, prior_samples: the variational prior's weight ``beta``, variance
             ``lambda^2`` and sample count N0 (section 3.1); they set the trivial embedding
             (beta / N0) / lambda^2, so that filters the task does not use sit at the prior
@@ -616,17 +616,16 @@ class _Embedder:
                              None if trivial is None else np.asarray(trivial, dtype=np.float32))
 
 
-class _Heads(nn.Module):
+class _Heads:
     """K linear heads over the probe's features and, per image, which one scores it: image i
     gets head ``fold[i]`` (with cross-fitting, the head fitted without fold ``fold[i]``)."""
 
     def __init__(self, heads: Sequence[nn.Linear], fold: torch.Tensor):
-        super().__init__()
         self.weight = torch.stack([h.weight.detach() for h in heads])  # [K, C, D]
         self.bias = torch.stack([h.bias.detach() for h in heads])  # [K, C]
         self.fold = fold
 
-    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, C]`` of the images ``index`` from their features ``x`` ``[B, D]``."""
         if len(self.weight) == 1:
             return F.linear(x, self.weight[0].to(x.dtype), self.bias[0].to(x.dtype))
