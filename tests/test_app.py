@@ -380,8 +380,8 @@ def test_shipped_library_pages_show_its_real_matrix_and_table1():
 
 def test_a_library_built_with_sampled_labels_says_so_and_uploads_use_its_method(app_library,
                                                                               tmp_path):
-    """A file built with the paper's montecarlo estimator and the in-sample head (as
-    data/demo.duckdb was before 2026-12-01, with no head settings recorded) opens as before,
+    """A file built with the paper's montecarlo estimator (as data/demo.duckdb was before
+    2026-12-01) and with no head settings recorded (every file before 2026-12-02) opens as before,
     names its estimator and head, and an upload into it is embedded with montecarlo and that
     head, so that its distances to the library's tasks stay comparable. The file is the test
     library with its Fisher method renamed and its head settings removed: what is tested is what
