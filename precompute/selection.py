@@ -18,7 +18,10 @@ over the seeds), a 95 % percentile interval from a seeded bootstrap over tasks
 selector, so that intervals of two selectors are comparable), and the standard deviation over
 seeds of the per-seed means (the spread the fold split and the learned fits cause).
 The interval answers "how much would the number move on another library of such tasks", the
-spread "how much on another split of this one".
+spread "how much on another split of this one". Whether one selector beats another is answered
+by the paired interval of their per-task difference over the same resamples
+(:func:`paired_differences`, for the pairs in ``PAIRED``), where each task's own difficulty
+cancels.
 """
 from __future__ import annotations
 
@@ -245,19 +248,20 @@ def evaluate(con, *, seeds: int = 5, folds: int = 3, progress: bool = True,
     rho = spearmanr(data.task_norms, best_all)
     costs = _selector_costs(data, select_s)
     resamples = bootstrap_indices(t_count, BOOTSTRAP_RESAMPLES, bootstrap_seed)
-    results = {}
+    results, task_means = {}, {}
     for selector in names:
-        rows = {setting: _summary(per_seed[selector][setting], resamples)
-                for setting in ("novel", "all")}
-        results[selector] = {**rows["novel"], "seconds": costs[selector]["total"],
-                             "cost": costs[selector], "all_experts": rows["all"]}
+        rows, task_means[selector] = _summary(per_seed[selector]["novel"], resamples)
+        rows_all, _ = _summary(per_seed[selector]["all"], resamples)
+        results[selector] = {**rows, "seconds": costs[selector]["total"],
+                             "cost": costs[selector], "all_experts": rows_all}
     final = _fit_all(experts, _training(data, np.arange(t_count), novel, dsym), 0, m2v_options,
                      names)
     summary = {
         "optimal_error": float(best_novel.mean()), "optimal_error_all_experts": float(best_all.mean()),
         "norm_error_spearman": float(rho.statistic), "norm_error_pvalue": float(rho.pvalue),
         "tasks": t_count, "experts": len(data.expert_ids), "seeds": seeds, "folds": folds,
-        "selectors": results, "unavailable": dict(data.unavailable),
+        "selectors": results, "paired": paired_differences(task_means, resamples),
+        "unavailable": dict(data.unavailable),
         "brute_force_seconds": float(data.pair_seconds.sum(0).mean()),
         "fit_seconds_per_fold": float(np.mean(fit_s)),
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "level": BOOTSTRAP_LEVEL,
@@ -335,12 +339,35 @@ def drop_evaluation(con) -> None:
                 list(EVALUATION_INFO))
 
 
-def _summary(runs: list[dict], resamples: np.ndarray) -> dict:
+# The orders Table 1 is read for (paper section 4.2): the learned embedding selectors against
+# the static prior and chance, and MODEL2VEC against the asymmetric distance.
+PAIRED = (("task2vec_asym", "static_prior"), ("model2vec", "static_prior"),
+          ("model2vec", "task2vec_asym"), ("task2vec_asym", "chance"), ("model2vec", "chance"))
+PAIRED_METRICS = ("relative_error_increase", "regret", "tau")
+
+
+def paired_differences(task_means: dict[str, dict[str, np.ndarray]], resamples: np.ndarray,
+                       pairs=PAIRED) -> dict:
+    """``{"a - b": {metric: [mean, lo, hi]}}``: the mean over tasks of selector a's per-task
+    metric minus b's, and its percentile interval over the same task resamples as every other
+    interval (a paired bootstrap). Each task's own difficulty cancels in the difference, so two
+    selectors whose intervals overlap can still be ordered: an interval that excludes 0 does
+    that. Pairs with a selector the file could not evaluate are left out."""
+    out = {}
+    for a, b in pairs:
+        if a in task_means and b in task_means:
+            diffs = {m: task_means[a][m] - task_means[b][m] for m in PAIRED_METRICS}
+            out[f"{a} - {b}"] = {m: [float(np.nanmean(d)), *bootstrap_interval(d, resamples)]
+                                 for m, d in diffs.items()}
+    return out
+
+
+def _summary(runs: list[dict], resamples: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
     """One selector's metrics from its per-task metrics of every seed (``runs``): per metric
     the mean over tasks of the per-task mean over seeds, ``_ci`` its bootstrap interval over
     tasks, ``_std`` the standard deviation over seeds of the per-seed means; ``tau_tasks``: the
-    tasks where tau is defined."""
-    out = {}
+    tasks where tau is defined. Also the per-task means, by metric name (NaN: undefined)."""
+    out, task_means = {}, {}
     for key, name in REPORTED.items():
         per_task = np.stack([r[key] for r in runs])  # [seeds, T]
         defined = np.isfinite(per_task)
@@ -350,13 +377,13 @@ def _summary(runs: list[dict], resamples: np.ndarray) -> dict:
             seed_means = np.array([np.nanmean(row) if np.isfinite(row).any() else np.nan
                                    for row in per_task])
         point = float(np.nanmean(task_mean)) if np.isfinite(task_mean).any() else float("nan")
-        out[name] = point
+        out[name], task_means[name] = point, task_mean
         out[f"{name}_std"] = float(np.nanstd(seed_means)) if np.isfinite(seed_means).any() else float("nan")
         out[f"{name}_ci"] = list(bootstrap_interval(task_mean, resamples))
         if key == "tau":
             out["tau_tasks"] = int(np.isfinite(task_mean).sum())
     out["ratio_of_means"] = float(np.mean([sel.summarise(r)["ratio_of_means"] for r in runs]))
-    return out
+    return out, task_means
 
 
 def _selector_costs(data: SelectionData, select_s: dict) -> dict:
@@ -396,7 +423,7 @@ def _write_evaluation(con, data: SelectionData, summary: dict, rankings: dict,
         "seeds": summary["seeds"], "folds": summary["folds"],
         "candidates": "experts not trained on the task", "versions": _versions(),
         "bootstrap": summary["bootstrap"], "tau": summary["tau"],
-        "unavailable": summary["unavailable"],
+        "unavailable": summary["unavailable"], "paired": summary["paired"],
     }
     with store.transaction(con):
         for table in EVALUATION_TABLES:  # the library_info keys are replaced below
@@ -475,6 +502,16 @@ def table1(summary: dict) -> str:
             f"{100 * r['regret_std']:>6.2f}   {_interval(r['relative_error_increase_ci']):>26}")
     for name, why in summary.get("unavailable", {}).items():
         lines.append(f"{name:<15} not evaluated: {why}")
+    if summary.get("paired"):
+        lines += ["", "paired differences, a - b: mean over tasks [paired bootstrap interval over "
+                  "the same resamples]; an interval clear of 0 orders the two",
+                  f"{'a - b':<30} {'rel. error increase (%)':>32} {'regret (pts)':>24} "
+                  f"{'weighted tau':>26}"]
+        for pair, d in summary["paired"].items():
+            rel, regret, tau = (d[m] for m in PAIRED_METRICS)
+            lines.append(f"{pair:<30} {100 * rel[0]:>+9.2f} {_interval(rel[1:]):>22} "
+                         f"{100 * regret[0]:>+8.2f} {_interval(regret[1:], 100.0, '+.2f'):>15} "
+                         f"{tau[0]:>+8.3f} {_interval(tau[1:], 1.0, '+.3f'):>17}")
     lines += [
         "",
         f"norm vs best-expert error (paper Fig. 2 right): Spearman rho = "

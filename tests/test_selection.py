@@ -120,6 +120,27 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_more_tasks():
     assert 0.0 <= lo < 0.5 < hi <= 1.0
 
 
+def test_paired_differences_cancel_what_the_tasks_share():
+    """Two selectors whose per-task metrics share a large task effect and differ by 0.1 on
+    every task: each mean's own interval holds the other mean, the paired interval of the
+    difference sits tightly around 0.1."""
+    rng = np.random.default_rng(5)
+    n = 60
+    shared = rng.gamma(1.0, 1.0, n)
+    a, b = shared + 0.1 + rng.normal(0, 0.01, n), shared
+    resamples = selection.bootstrap_indices(n, 2000, 0)
+    lo_a, hi_a = selection.bootstrap_interval(a, resamples)
+    lo_b, hi_b = selection.bootstrap_interval(b, resamples)
+    assert lo_a < b.mean() < a.mean() < hi_b  # unpaired, the order is not established
+    means = {"x": dict.fromkeys(selection.PAIRED_METRICS, a),
+             "y": dict.fromkeys(selection.PAIRED_METRICS, b)}
+    d = selection.paired_differences(means, resamples, pairs=(("x", "y"), ("y", "x"), ("x", "z")))
+    assert set(d) == {"x - y", "y - x"}  # a pair with a selector not evaluated is left out
+    mean, lo, hi = d["x - y"]["regret"]
+    assert mean == pytest.approx((a - b).mean()) and 0.09 < lo < mean < hi < 0.11
+    assert d["y - x"]["tau"] == pytest.approx([-mean, -hi, -lo], abs=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------
 # a constructed library file
 
@@ -214,8 +235,16 @@ def test_evaluate_reports_tau_and_regret_with_intervals(evaluated):
     # each transfer score costs every expert's features plus the score: 4 x (0.5 + s)
     for name in ("logme", "knn", *NEW_SCORES):
         assert results[name]["cost"]["input_s"] == pytest.approx(4 * (SECONDS["feature"] + SECONDS[name]))
+    # paired differences: the difference of the two means, with an interval that holds it
+    paired = evaluated["summary"]["paired"]
+    assert set(paired) == {f"{a} - {b}" for a, b in selection.PAIRED}
+    for pair, by_metric in paired.items():
+        a, b = pair.split(" - ")
+        for metric, (mean, lo, hi) in by_metric.items():
+            assert mean == pytest.approx(results[a][metric] - results[b][metric]), (pair, metric)
+            assert lo - 1e-12 <= mean <= hi + 1e-12, (pair, metric)
     text = selection.table1(evaluated["summary"])
-    assert "weighted tau" in text and "regret" in text
+    assert "weighted tau" in text and "regret" in text and "model2vec - task2vec_asym" in text
     assert all(any(line.startswith(n) for line in text.splitlines()) for n in NEW_SCORES)
 
 
@@ -235,6 +264,7 @@ def test_the_new_metrics_are_stored_with_the_results(evaluated):
             assert meta[key] == pytest.approx(results[name][key]), (name, key)
         assert meta["bootstrap"]["resamples"] == selection.BOOTSTRAP_RESAMPLES
     assert "weightedtau" in info["selection"]["tau"] and info["selection"]["unavailable"] == {}
+    assert info["selection"]["paired"] == evaluated["summary"]["paired"]  # floats round-trip in JSON
 
 
 def test_a_library_without_the_new_scores_skips_those_selectors(tmp_path):
