@@ -539,6 +539,22 @@ def test_model_selection_page_shows_tau_regret_and_intervals(evaluated_library):
     # here (the fixture's is e_imagenet), so its scores all tie and tau is undefined
     assert t1.loc["logme", "weighted τ"] == pytest.approx(1.0) and stored["imagenet"]["tau_tasks"] == 0
     assert any("Not evaluated in this library: **nce**" in c.value for c in at.caption)
+    # the paired differences, as evaluate stored them, with the order each interval establishes
+    con = duckdb.connect(str(evaluated_library), read_only=True)
+    paired = store.get_info(con)["selection"]["paired"]
+    con.close()
+    shown = table(at, "a − b").set_index("a − b")
+    assert list(shown.index) == [p.replace(" - ", " − ") for p in paired] and len(paired) == 5
+    for pair, d in paired.items():
+        row = shown.loc[pair.replace(" - ", " − ")]
+        mean, lo, hi = d["regret"]
+        assert row["regret (points)"] == pytest.approx(100 * mean)
+        assert row["regret (points) interval"] == f"[{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        assert row["a better in regret"] == ("yes" if hi < 0 else "no: b better" if lo > 0
+                                             else "not established")
+        mean, lo, hi = d["tau"]
+        assert row["a better in weighted τ"] == ("yes" if lo > 0 else "no: b better" if hi < 0
+                                                 else "not established")
     bars = charts(at)[0]
     panels = [tr for tr in bars["data"] if tr["type"] == "bar"]
     assert [bars["layout"][f"xaxis{i or ''}"]["title"]["text"] for i in (0, 2, 3)] == [

@@ -84,6 +84,29 @@ else:
     if skipped:
         st.caption("Not evaluated in this library: " + "; ".join(
             f"**{name}** ({why})" for name, why in skipped.items()) + ".")
+    paired = selection.get("paired") or {}
+    if paired:
+        st.markdown("**Does one selector beat another?** The mean over tasks of the difference "
+                    "a − b, with its 95% paired bootstrap interval (the same task resamples for "
+                    "both, so each task's own difficulty cancels). An interval clear of 0 "
+                    "establishes the order even where the intervals above overlap.")
+        rows = []
+        for pair, d in paired.items():
+            row = {"a − b": pair.replace(" - ", " − ")}
+            for metric, label, scale, fmt, better in (
+                    ("relative_error_increase", "rel. error increase (points of %)", 100, "+.1f", -1),
+                    ("regret", "regret (points)", 100, "+.2f", -1), ("tau", "weighted τ", 1, "+.3f", 1)):
+                mean, lo, hi = d[metric]
+                row[label] = scale * mean
+                row[f"{label} interval"] = _interval(pd.Series([lo]), pd.Series([hi]), scale, fmt)[0]
+                row[f"a better in {label.split(' (')[0]}"] = (
+                    "yes" if better * lo > 0 and better * hi > 0 else
+                    "no: b better" if better * lo < 0 and better * hi < 0 else "not established")
+            rows.append(row)
+        paired_table = pd.DataFrame(rows)
+        st.dataframe(paired_table, hide_index=True, key="paired", column_config={
+            c: st.column_config.NumberColumn(format="%+.3f" if "τ" in c else "%+.2f")
+            for c in paired_table.columns if paired_table[c].dtype.kind == "f"})
     ui.show_figure(figures.selection_bar_figure(results), "Selector error increase",
                    key="table1_fig", height=460 if "tau" in results else 420)
 
