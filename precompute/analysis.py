@@ -186,15 +186,21 @@ def report(path, k: int = 5, draws: int = 1000, seed: int = 0) -> dict:
 def diversity(path) -> dict | None:
     """The diversity coefficients of a library file: how many tasks have one (and why the others
     do not), their quartiles per family, and Spearman rho against log(train images), the number
-    of classes and the embedding's L1 norm, over all tasks with a value and within each family.
+    of classes, the embedding's L1 norm and (in a file with a performance matrix) the best
+    expert's test error, over all tasks with a value, within each family, and among the
+    one-image-pool tasks (all of one size: what the coefficient says at equal size).
     None for a file without coefficients."""
     con = duckdb.connect(str(path), read_only=True)
     try:
         method = store.task_method(store.get_info(con))
+        has_matrix = con.execute("SELECT count(*) FROM information_schema.tables "
+                                 "WHERE table_name = 'performance'").fetchone()[0]
+        best = ("(SELECT min(p.test_error) FROM performance p WHERE p.task_id = t.task_id)"
+                if has_matrix else "NULL")
         rows = con.execute(
             "SELECT t.family, t.num_train, len(t.classes), e.norm, "
             "TRY_CAST(json_extract(e.meta, '$.diversity.value') AS DOUBLE), "
-            "json_extract_string(e.meta, '$.diversity.reason') "
+            f"json_extract_string(e.meta, '$.diversity.reason'), {best}, t.taxonomy[2] "
             "FROM tasks t JOIN embeddings e USING (task_id) WHERE e.method = ? "
             "AND json_extract(e.meta, '$.diversity') IS NOT NULL ORDER BY t.task_id",
             [method]).fetchall()
@@ -210,15 +216,20 @@ def diversity(path) -> dict | None:
         out = {"tasks": len(part), "quartiles": [float(q) for q in np.quantile(div, [0, .25, .5, .75, 1])]}
         if len(part) >= 5:
             for key, col in (("size", np.log([r[1] for r in part])), ("classes", [r[2] for r in part]),
-                             ("norm", [r[3] for r in part])):
+                             ("norm", [r[3] for r in part]), ("error", [r[6] for r in part])):
+                col = np.array(col, dtype=float)
+                if np.isnan(col).any():  # no performance matrix (or not for every task)
+                    continue
                 if np.ptp(col) > 0 and np.ptp(div) > 0:  # a constant has no rank correlation
                     out[key] = float(spearmanr(div, col).statistic)
         return out
 
     families = sorted({r[0] for r in valued})
+    pool = [r for r in valued if r[0] == "fashion_mnist" and r[7] == WHOLE_POOL]
     return {"method": method, "tasks": len(rows), "undefined": dict(undefined),
             "all": summary(valued) if valued else None,
-            "families": {f: summary([r for r in valued if r[0] == f]) for f in families}}
+            "families": {f: summary([r for r in valued if r[0] == f]) for f in families},
+            "one_pool": summary(pool) if pool else None}
 
 
 def _related_check(sub: LibraryView, k: int) -> dict:
@@ -282,11 +293,15 @@ def _diversity_markdown(d: dict) -> list[str]:
 
     lines = [f"### Diversity coefficient ({d['tasks']} tasks with the coefficient's record)", "",
              "| tasks | n | min | quartile 1 | median | quartile 3 | max | "
-             "rho with log size | with classes | with norm |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, s in [("all", d["all"])] + list(d["families"].items()):
+             "rho with log size | with classes | with norm | with best-expert error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [("all", d["all"])] + list(d["families"].items())
+    rows.append((f"fashion_mnist / {WHOLE_POOL} (one size)", d.get("one_pool")))
+    for name, s in rows:
         if s:
             q = s["quartiles"]
             lines.append(f"| {name} | {s['tasks']} | " + " | ".join(f"{v:.3f}" for v in q)
-                         + f" | {rho(s, 'size')} | {rho(s, 'classes')} | {rho(s, 'norm')} |")
+                         + f" | {rho(s, 'size')} | {rho(s, 'classes')} | {rho(s, 'norm')} | "
+                         f"{rho(s, 'error')} |")
     lines += [""] + [f"- no value for {n} tasks: {reason}" for reason, n in d["undefined"].items()]
     return lines + [""]

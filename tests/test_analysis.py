@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from precompute import analysis
+from precompute import analysis, store
 
 PATHS = [("A", "B", "x"), ("A", "B", "y"), ("A", "C", "z"), ("D", "w")]
 
@@ -114,7 +114,9 @@ def test_diversity_summary_counts_the_undefined_and_correlates_with_size(tmp_pat
 
     rng = np.random.default_rng(1)
     sizes = [64, 100, 200, 400, 800, 1600, 3200, 6400]
-    tasks = [(f"fashion/t{i}", "fashion_mnist", ("fashion", "x"), [], n) for i, n in enumerate(sizes)]
+    # the first five are one-image-pool tasks (the coefficient at equal size is read there)
+    tasks = [(f"fashion/t{i}", "fashion_mnist", ("fashion", "all-images" if i < 5 else "x"), [], n)
+             for i, n in enumerate(sizes)]
     tasks.append(("fashion/small", "fashion_mnist", ("fashion", "x"), [], 30))
     db = tmp_path / "lib.duckdb"
     _library_file(db, tasks, rng.uniform(1, 2, (9, 16)).astype(np.float32),
@@ -134,8 +136,21 @@ def test_diversity_summary_counts_the_undefined_and_correlates_with_size(tmp_pat
     assert s["size"] == pytest.approx(1.0) and s["norm"] == pytest.approx(-1.0)
     assert "classes" not in s  # every task has 2 classes: no rank correlation
     assert d["families"]["fashion_mnist"]["tasks"] == 8
+    assert "error" not in s  # no performance matrix in the file
+    assert d["one_pool"]["tasks"] == 5 and d["one_pool"]["quartiles"][-1] == pytest.approx(0.14)
     text = analysis.markdown(analysis.report(db, draws=0))
     assert "Diversity coefficient (9 tasks" in text and "no value for 1 tasks: too few" in text
+    # with a matrix: the best expert's error (the minimum over experts) falls as the
+    # coefficient rises, while the other expert's error rises with it
+    con = duckdb.connect(str(db))
+    con.execute(store.expert_schema(16))
+    for i in range(len(sizes)):
+        con.executemany("INSERT INTO performance VALUES (?, ?, ?, 0.0, 1.0)",
+                        [("e1", f"fashion/t{i}", 0.5 - i / 100), ("e2", f"fashion/t{i}", 0.6 + i / 100)])
+    con.close()
+    d = analysis.report(db, draws=0)["diversity"]
+    assert d["all"]["error"] == pytest.approx(-1.0) and d["one_pool"]["error"] == pytest.approx(-1.0)
+    assert "| -1.000 |" in analysis.markdown({"tasks": 9, "diversity": d})
 
 
 def test_a_file_without_diversity_has_no_diversity_summary(tmp_path):
